@@ -1,0 +1,127 @@
+"""Save and load adapters in peft's on-disk format (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+An adapter saved here loads with ``PeftModel.from_pretrained(base_model, path)``, and one saved by
+peft loads here. Only the LoRA matrices and the fully trainable modules (the head) are stored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .lora import LoRAConfig, apply_lora, lora_layers, remove_lora
+
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+def _to_peft_key(name: str) -> str:
+    """``...query.lora_A`` -> ``base_model.model....query.lora_A.weight``; head params keep their names."""
+    return PREFIX + (f"{name}.weight" if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B") else name)
+
+
+def _from_peft_key(key: str) -> str:
+    name = key.removeprefix(PREFIX)
+    for ab in ("lora_A", "lora_B"):
+        if name.endswith(f".{ab}.weight"):
+            return name.removesuffix(".weight")
+    return name
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's tensors under our parameter names: LoRA matrices and trainable modules."""
+    return {n: p.detach() for n, p in model.named_parameters()
+            if p.requires_grad or n.rsplit(".", 1)[-1] in ("lora_A", "lora_B")}
+
+
+def save_adapter(model: nn.Module, path: str | Path, task_type: str = "SEQ_CLS") -> Path:
+    """Write the adapter of a LoRA-adapted model to folder ``path`` in peft's format."""
+    config: LoRAConfig | None = getattr(model, "lora_config", None)
+    if config is None:
+        raise ValueError("This model has no LoRA adapter; call apply_lora(model, config) first.")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {_to_peft_key(n): t.contiguous().cpu() for n, t in adapter_state_dict(model).items()}
+    save_file(tensors, path / WEIGHTS_FILE, metadata={"format": "pt"})
+    peft_config = {
+        "peft_type": "LORA", "task_type": task_type,
+        "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None),
+        "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
+        "target_modules": list(config.target_modules), "layers_to_transform": config.layers,
+        "layers_pattern": "layer" if config.layers is not None else None,
+        "use_rslora": config.rslora, "init_lora_weights": "gaussian" if config.init == "gaussian" else True,
+        "modules_to_save": list(config.trainable) or None,
+        "bias": "none", "fan_in_fan_out": False, "use_dora": False, "inference_mode": True,
+    }
+    (path / CONFIG_FILE).write_text(json.dumps(peft_config, indent=2))
+    return path
+
+
+def read_adapter_config(path: str | Path) -> LoRAConfig:
+    """Read a peft ``adapter_config.json`` as a :class:`LoRAConfig`."""
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        raise ValueError(f"No {CONFIG_FILE} in {path}; point at the folder save_adapter or peft wrote.")
+    c = json.loads(file.read_text())
+    if c.get("peft_type") != "LORA" or c.get("use_dora"):
+        raise ValueError(f"{file} is a {c.get('peft_type')} adapter{' with DoRA' if c.get('use_dora') else ''}; "
+                         "only plain LoRA adapters can be loaded here.")
+    if isinstance(c["target_modules"], str):
+        raise ValueError(f"{file} gives target_modules as a regex ({c['target_modules']!r}); "
+                         "only a list of module names is supported.")
+    layers = c.get("layers_to_transform")
+    return LoRAConfig(
+        r=c["r"], alpha=c["lora_alpha"], dropout=c.get("lora_dropout", 0.0),
+        target_modules=tuple(c["target_modules"]),
+        layers=[layers] if isinstance(layers, int) else layers,
+        rslora=bool(c.get("use_rslora", False)),
+        init="gaussian" if c.get("init_lora_weights") == "gaussian" else "kaiming",
+        trainable=tuple(c.get("modules_to_save") or ()),
+    )
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load an adapter (ours or peft's) into ``model``. A base model is adapted first, using the
+    adapter's config; an adapted model must already have the same rank and layers."""
+    config = read_adapter_config(path)
+    current: LoRAConfig | None = getattr(model, "lora_config", None)
+    if current is None:
+        requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        apply_lora(model, config)
+        try:
+            return _load_weights(model, path)
+        except ValueError:  # leave the caller's model as it was
+            remove_lora(model)
+            for n, p in model.named_parameters():
+                p.requires_grad_(requires_grad[n])
+            raise
+    if current.r != config.r:
+        raise ValueError(f"The model's LoRA rank is r={current.r} but the adapter in {path} has r={config.r}; "
+                         "load it into the base model instead (without apply_lora).")
+    if any(layer.merged for layer in lora_layers(model).values()):
+        raise ValueError("The model's LoRA layers are merged; call unmerge() on them before loading an adapter.")
+    return _load_weights(model, path)
+
+
+def _load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    params = dict(model.named_parameters())
+    loaded = {_from_peft_key(k): v for k, v in load_file(Path(path) / WEIGHTS_FILE).items()}
+    for name, tensor in loaded.items():
+        if name not in params:
+            raise ValueError(f"The adapter has {name!r} but the model does not: it was saved for another "
+                             "architecture or other target_modules/layers.")
+        if params[name].shape != tensor.shape:
+            raise ValueError(f"Shape mismatch for {name!r}: adapter {tuple(tensor.shape)} vs model "
+                             f"{tuple(params[name].shape)}; the adapter was saved for another model size or rank.")
+    missing = [n for n in params if n.rsplit(".", 1)[-1] in ("lora_A", "lora_B") and n not in loaded]
+    if missing:
+        raise ValueError(f"The adapter in {path} lacks {len(missing)} LoRA matrices the model has "
+                         f"(first: {missing[0]!r}); its target_modules or layers differ.")
+    with torch.no_grad():
+        for name, tensor in loaded.items():
+            params[name].copy_(tensor)
+    return model

@@ -1,0 +1,53 @@
+"""Command line: ``python -m lora_tutorial run --profile cpu --experiments headline --seeds 0 1 2``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .experiments import PROFILES, suite
+from .runner import load_results, run_suite
+
+
+def expand(names: list[str], num_layers: int) -> list[str]:
+    """Experiment names, with suite names (headline, rank, layers, modules, all) expanded."""
+    out: list[str] = []
+    for name in names:
+        try:
+            out += suite(name, num_layers)
+        except ValueError:
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lora-tutorial", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train and evaluate experiments; finished runs are skipped")
+    run.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
+    run.add_argument("--experiments", nargs="+", default=["headline"],
+                     help="experiment names (full, head, lora-r16, lora-r8-upper, ...) or suites "
+                          "(headline, rank, layers, modules, all)")
+    run.add_argument("--seeds", nargs="+", type=int, default=[0])
+    run.add_argument("--results", default="results", help="folder for the JSON results (default: results)")
+    run.add_argument("--data", default=None, help="SST-2 folder or 'hub' (default: $LORA_TUTORIAL_SST2, else the Hub)")
+    run.add_argument("--force", action="store_true", help="re-run experiments that already have a result")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    show = sub.add_parser("results", help="print stored results as a table")
+    show.add_argument("--profile", default=None)
+    show.add_argument("--results", default="results")
+    sub.add_parser("profiles", help="print every profile's settings")
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        names = expand(args.experiments, PROFILES[args.profile].num_layers)
+        records = run_suite(args.profile, names, args.seeds, args.results,
+                            args.data, args.force, not args.no_progress)
+        for r in records:
+            print(f"{r['config']['experiment']:>20} seed {r['config']['seed']}: "
+                  f"accuracy {r['metrics']['validation_accuracy']:.4f}, "
+                  f"{r['train_seconds_per_epoch']:.1f} s/epoch")
+    elif args.command == "results":
+        print(load_results(args.results, args.profile).drop(columns=["file"]).to_string())
+    else:
+        print(json.dumps({k: vars(p) for k, p in PROFILES.items()}, indent=2))

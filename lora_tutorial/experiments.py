@@ -1,0 +1,98 @@
+"""The study's experiments and profiles: every hyper-parameter of every run is stated here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .lora import LoRAConfig
+
+HEAD = ("classifier", "pooler")  # trained by every method (the embedded model's pooler was never trained)
+RANKS = (1, 4, 8, 16, 32)
+MODULE_SETS = {"q": ("query",), "v": ("value",), "qv": ("query", "value"),
+               "qkvo": ("query", "key", "value", "attention.output.dense"),
+               "qkvo-ffn": ("query", "key", "value", "attention.output.dense", "intermediate.dense",
+                            "output.dense")}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Model, data budget and optimisation settings shared by all runs of a profile."""
+
+    name: str
+    model: str
+    num_layers: int
+    epochs: int
+    batch_size: int
+    lr_full: float
+    lr_lora: float
+    lr_head: float
+    max_length: int = 128
+    train_limit: int | None = None   # None: the full SST-2 training split
+    eval_limit: int | None = None    # None: the full validation split
+    lora_dropout: float = 0.1
+    ablation_train_limit: int | None = None  # smaller fixed budget for layer/module ablations
+
+
+PROFILES = {
+    "smoke": Profile("smoke", model="tiny", num_layers=2, epochs=3, batch_size=32, lr_full=1e-3, lr_lora=3e-3, lr_head=3e-3,
+                     max_length=64, train_limit=2048, eval_limit=256, lora_dropout=0.0),
+    "cpu": Profile("cpu", model="minilm", num_layers=6, epochs=1, batch_size=32, lr_full=2e-5, lr_lora=1e-3, lr_head=1e-3,
+                   ablation_train_limit=20_000),
+    "gpu": Profile("gpu", model="bert-base-uncased", num_layers=12, epochs=3, batch_size=32, lr_full=2e-5, lr_lora=5e-4,
+                   lr_head=1e-3),
+}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One configuration of the study: ``full``, ``head`` (head only) or ``lora``."""
+
+    name: str
+    method: str
+    r: int | None = None
+    target: str = "qv"
+    layers: str = "all"   # "all", "lower", "upper" or a single layer index as a string
+
+    @property
+    def is_ablation(self) -> bool:
+        return self.method == "lora" and (self.layers != "all" or self.target != "qv")
+
+    def lora_config(self, num_layers: int, dropout: float) -> LoRAConfig:
+        """The LoRAConfig for a model with ``num_layers`` layers (alpha = 2r: the scaling stays 2)."""
+        half = num_layers // 2
+        layers = {"all": None, "lower": list(range(half)), "upper": list(range(half, num_layers))}.get(
+            self.layers, [int(self.layers)] if self.layers.isdigit() else None)
+        return LoRAConfig(r=self.r, alpha=2 * self.r, dropout=dropout, target_modules=MODULE_SETS[self.target],
+                          layers=layers, trainable=HEAD)
+
+
+_NAME = re.compile(r"lora-r(\d+)(?:-(q|v|qv|qkvo|qkvo-ffn))?(?:-(lower|upper|layer\d+))?")
+
+
+def experiment(name: str) -> Experiment:
+    """Parse an experiment name: ``full``, ``head``, ``lora-r16``, ``lora-r8-qkvo``, ``lora-r8-lower``,
+    ``lora-r8-upper``, ``lora-r8-layer3`` (target and layers may be combined: ``lora-r8-q-upper``)."""
+    if name in ("full", "head"):
+        return Experiment(name, name)
+    m = _NAME.fullmatch(name)
+    if not m or int(m.group(1)) <= 0:
+        raise ValueError(f"Unknown experiment {name!r}; use full, head, lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn]"
+                         "[-lower|-upper|-layer<i>], e.g. lora-r16 or lora-r8-layer3.")
+    r, target, layers = int(m.group(1)), m.group(2) or "qv", m.group(3) or "all"
+    return Experiment(name, "lora", r=r, target=target, layers=layers.removeprefix("layer"))
+
+
+def suite(name: str, num_layers: int = 6) -> list[str]:
+    """Named groups of experiments: headline, rank, layers, modules, all."""
+    suites = {
+        "headline": ["full", "lora-r16"],
+        "rank": [f"lora-r{r}" for r in RANKS],
+        "layers": ["lora-r8-lower", "lora-r8-upper"] + [f"lora-r8-layer{i}" for i in range(num_layers)],
+        "modules": [f"lora-r8-{t}" for t in MODULE_SETS],
+    }
+    if name == "all":
+        return list(dict.fromkeys(["head"] + [e for s in suites.values() for e in s]))
+    if name not in suites:
+        raise ValueError(f"Unknown suite {name!r}; choose one of {sorted(suites) + ['all']}.")
+    return suites[name]

@@ -1,0 +1,197 @@
+"""LoRA from scratch: a wrapper around a frozen ``nn.Linear`` and the helpers that put it in a model.
+
+The adapted layer computes ``h = W x + b + s * B A dropout(x)`` with ``A`` of shape r x in,
+``B`` of shape out x r (zero at init) and ``s = alpha / r`` (``alpha / sqrt(r)`` for rsLoRA).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INITS = ("kaiming", "gaussian")
+
+
+def _check_hparams(r: int, alpha: float, dropout: float, init: str) -> None:
+    if not isinstance(r, int) or r <= 0:
+        raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}; use e.g. r=8.")
+    if alpha <= 0:
+        raise ValueError(f"LoRA alpha must be > 0, got {alpha!r}; a common choice is alpha = 2 * r.")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}; use 0.0 to disable it.")
+    if init not in INITS:
+        raise ValueError(f"Unknown LoRA init {init!r}; choose one of {INITS}.")
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update ``scaling * B @ A``."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
+                 init: str = "kaiming", rslora: bool = False) -> None:
+        super().__init__()
+        _check_hparams(r, alpha, dropout, init)
+        if not isinstance(base, nn.Linear):
+            raise ValueError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}.")
+        self.base = base.requires_grad_(False)
+        self.r, self.alpha, self.rslora, self.init = r, alpha, rslora, init
+        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=w.device, dtype=w.dtype))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # Saved with the weights, so a reloaded merged model knows it is merged (no double merge).
+        self.register_buffer("merged", torch.tensor(False, device=w.device))
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        """A random (Kaiming-uniform as in ``nn.Linear``, or N(0, 1/r^2)), B zero: the update starts at 0."""
+        if self.init == "kaiming":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        else:
+            nn.init.normal_(self.lora_A, std=1 / self.r)
+        nn.init.zeros_(self.lora_B)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.base(x)
+        return self.base(x) + F.linear(F.linear(self.dropout(x), self.lora_A) * self.scaling, self.lora_B)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update ``scaling * B @ A``, shaped like the base weight."""
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into the base weight (W <- W + dW); a no-op if already merged."""
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.merged.fill_(True)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Take the update back out of the base weight (W <- W - dW); a no-op if not merged."""
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.merged.fill_(False)
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, merged={bool(self.merged)}"
+
+
+@dataclass
+class LoRAConfig:
+    """Where and how to add LoRA. ``layers=None`` adapts every encoder layer; ``trainable`` names
+    modules that stay fully trainable (e.g. the new classification head)."""
+
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("query", "value")
+    layers: list[int] | None = None
+    rslora: bool = False
+    init: str = "kaiming"
+    trainable: tuple[str, ...] = ("classifier",)
+
+    def __post_init__(self) -> None:
+        _check_hparams(self.r, self.alpha, self.dropout, self.init)
+        self.target_modules = tuple(self.target_modules)
+        self.trainable = tuple(self.trainable)
+        if not self.target_modules:
+            raise ValueError("target_modules is empty; name the Linear layers to adapt, e.g. ('query', 'value').")
+        if self.layers is not None:
+            self.layers = sorted(set(int(i) for i in self.layers))
+
+
+@dataclass
+class LoRASummary:
+    """What ``apply_lora`` did: the wrapped Linear layers and the modules left trainable."""
+
+    wrapped: list[str] = field(default_factory=list)
+    trainable: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (f"LoRA on {len(self.wrapped)} Linear layers; fully trainable: "
+                f"{', '.join(self.trainable) or 'none'}")
+
+
+_LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def layer_index(name: str) -> int | None:
+    """The encoder-layer index in a module name such as ``bert.encoder.layer.3.attention.self.query``."""
+    m = _LAYER_INDEX.search(f".{name}.")
+    return int(m.group(1)) if m else None
+
+
+def _matches(name: str, keys: tuple[str, ...]) -> bool:
+    """peft's rule: a key matches a module whose dotted name equals it or ends with ``.key``."""
+    return any(name == k or name.endswith(f".{k}") for k in keys)
+
+
+def num_layers(model: nn.Module) -> int:
+    """How many encoder layers the model has."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if n is None:
+        n = 1 + max((i for i in map(layer_index, dict(model.named_modules())) if i is not None), default=-1)
+    return n
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """All LoRA-wrapped layers of a model, by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
+    """Wrap the matching ``nn.Linear`` layers of ``model`` in place and freeze all else but
+    ``config.trainable``. Returns a summary of what was wrapped."""
+    if lora_layers(model):
+        raise ValueError("This model already has LoRA layers; call merge_lora(model) first, "
+                         "or start again from the base model.")
+    n = num_layers(model)
+    if config.layers is not None and any(not 0 <= i < n for i in config.layers):
+        raise ValueError(f"Layer indices {config.layers} out of range: this model has {n} layers (0..{n - 1}).")
+    targets = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and _matches(name, config.target_modules)
+               and (config.layers is None or layer_index(name) in config.layers)]
+    if not targets:
+        raise ValueError(f"No nn.Linear matched target_modules={list(config.target_modules)}; "
+                         "print(model) to see the module names (BERT uses query, key, value, dense).")
+    model.requires_grad_(False)
+    summary = LoRASummary()
+    for name, linear in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, LoRALinear(linear, config.r, config.alpha, config.dropout,
+                                          config.init, config.rslora))
+        summary.wrapped.append(name)
+    for name, m in model.named_modules():
+        if config.trainable and _matches(name, config.trainable) and not isinstance(m, LoRALinear):
+            m.requires_grad_(True)
+            summary.trainable.append(name)
+    model.lora_config = config
+    return summary
+
+
+def _unwrap(model: nn.Module, merge: bool) -> nn.Module:
+    for name, layer in lora_layers(model).items():
+        layer.merge() if merge else layer.unmerge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer.base)
+    if hasattr(model, "lora_config"):
+        del model.lora_config
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRA layer with a plain ``nn.Linear`` holding W + dW (zero inference overhead)."""
+    return _unwrap(model, merge=True)
+
+
+def remove_lora(model: nn.Module) -> nn.Module:
+    """Take the adapters out again: every LoRA layer becomes its original ``nn.Linear`` (W unchanged)."""
+    return _unwrap(model, merge=False)

@@ -1,0 +1,165 @@
+"""Run experiments and record each as one JSON file (written atomically, skipped when present)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pandas as pd
+import torch
+from datasets import DatasetDict
+
+from .adapter_io import save_adapter
+from .data import load_sst2, tokenize
+from .experiments import HEAD, PROFILES, Experiment, Profile, experiment
+from .lora import apply_lora, num_layers
+from .models import load_model, load_tokenizer
+from .params import count_parameters
+from .train import TrainConfig, distributed_state, train
+
+PACKAGES = ("torch", "transformers", "datasets", "accelerate", "peft", "lora-tutorial")
+
+
+def environment() -> dict:
+    """Package versions, machine and git commit: stored with every result."""
+    def v(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                    text=True, cwd=Path(__file__).parent).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"versions": {p: v(p) for p in PACKAGES} | {"python": platform.python_version()},
+            "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+                        "torch_threads": torch.get_num_threads(), "gpu": gpu},
+            "git_commit": commit, "git_dirty": dirty}
+
+
+def result_path(results: Path, profile: str, name: str, seed: int) -> Path:
+    return Path(results) / profile / f"{name}__seed{seed}.json"
+
+
+def prepare_data(profile: Profile, data_source: str | None = None) -> tuple[DatasetDict, object]:
+    """SST-2, cut to the profile's budget and tokenized, with the tokenizer."""
+    tokenizer = load_tokenizer(profile.model)
+    data = load_sst2(data_source)
+    for split, limit in (("train", profile.train_limit), ("validation", profile.eval_limit)):
+        if limit is not None and limit < len(data[split]):
+            data[split] = data[split].shuffle(seed=0).select(range(limit))
+    return tokenize(data, tokenizer, profile.max_length), tokenizer
+
+
+def build(profile: Profile, exp: Experiment, seed: int):
+    """The model for an experiment, with the right parts trainable; and its learning rate."""
+    model = load_model(profile.model, seed=seed)
+    if exp.method == "full":
+        return model, profile.lr_full
+    if exp.method == "head":
+        model.requires_grad_(False)
+        for name, module in model.named_modules():
+            if name.rsplit(".", 1)[-1] in HEAD:
+                module.requires_grad_(True)
+        return model, profile.lr_head
+    apply_lora(model, exp.lora_config(num_layers(model), profile.lora_dropout))
+    return model, profile.lr_lora
+
+
+def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer, results: Path,
+            progress: bool = True) -> dict:
+    """Train and evaluate one experiment; write its JSON (and adapter) on the main process."""
+    exp = experiment(name)
+    if exp.is_ablation and profile.ablation_train_limit and profile.ablation_train_limit < len(data["train"]):
+        data = DatasetDict(train=data["train"].shuffle(seed=0).select(range(profile.ablation_train_limit)),
+                           validation=data["validation"])
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    model, lr = build(profile, exp, seed)
+    params = count_parameters(model)
+    cfg = TrainConfig(lr=lr, epochs=profile.epochs, batch_size=profile.batch_size, seed=seed, progress=progress)
+    lora = getattr(model, "lora_config", None)
+    out = train(model, data, tokenizer, cfg)
+    record = {
+        "config": {"experiment": name, "method": exp.method, "rank": exp.r,
+                   "alpha": lora.alpha if lora else None, "layers": lora.layers if lora else None,
+                   "target_modules": list(lora.target_modules) if lora else None,
+                   "trainable_modules": list(HEAD) if exp.method != "full" else "all",
+                   "seed": seed, "model": profile.model, "profile": profile.name,
+                   "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
+                   "hyperparameters": asdict(cfg) | {"max_length": profile.max_length,
+                                                     "lora_dropout": profile.lora_dropout if lora else None}},
+        "metrics": {"validation_accuracy": out.validation_accuracy, "history": out.history,
+                    "loss_curve": out.loss_curve},
+        "trainable_params": params.trainable, "total_params": params.total, "lora_params": params.lora,
+        "train_seconds_per_epoch": out.train_seconds_per_epoch, "examples_per_second": out.examples_per_second,
+        "peak_memory_bytes": out.peak_memory_bytes, "padding_fraction": out.padding_fraction,
+        "device": out.device, "mixed_precision": out.mixed_precision, "num_processes": out.num_processes,
+        **environment(), "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if distributed_state().is_main_process:
+        path = result_path(results, profile.name, name, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if lora:
+            adapter = path.parent / "adapters" / path.stem
+            tmp = adapter.with_name(adapter.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_adapter(model, tmp)
+            shutil.rmtree(adapter, ignore_errors=True)
+            tmp.rename(adapter)
+            record["adapter"] = str(adapter.relative_to(path.parent))
+        write_json_atomic(path, record)
+    distributed_state().wait_for_everyone()
+    return record
+
+
+def write_json_atomic(path: Path, record: dict) -> None:
+    """Write to a temporary file, then rename: a reader never sees half a result."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+def run_suite(profile: str, names: list[str], seeds: list[int], results: str | Path = "results",
+              data_source: str | None = None, force: bool = False, progress: bool = True) -> list[dict]:
+    """Run every (experiment, seed) pair that has no result yet; return all their records."""
+    if profile not in PROFILES:
+        raise ValueError(f"Unknown profile {profile!r}; choose one of {sorted(PROFILES)}.")
+    prof, results = PROFILES[profile], Path(results)
+    for name in names:
+        experiment(name)  # fail on a bad name before any training
+    todo = [(n, s) for n in names for s in seeds if force or not result_path(results, profile, n, s).exists()]
+    for stale in (results / profile).glob("*.tmp") if distributed_state().is_main_process else ():
+        stale.unlink()  # left by a run that was killed mid-write
+    if todo:
+        data, tokenizer = prepare_data(prof, data_source)
+        for i, (name, seed) in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {profile}: {name} seed {seed}", file=sys.stderr, flush=True)
+            run_one(prof, name, seed, data, tokenizer, results, progress)
+    return [json.loads(result_path(results, profile, n, s).read_text()) for n in names for s in seeds]
+
+
+def load_results(results: str | Path = "results", profile: str | None = None) -> pd.DataFrame:
+    """All stored results as one DataFrame (a row per run; config and main metrics as columns)."""
+    rows = []
+    for path in sorted(Path(results).glob(f"{profile or '*'}/*.json")):
+        r = json.loads(path.read_text())
+        rows.append({**{k: v for k, v in r["config"].items() if k != "hyperparameters"},
+                     "lr": r["config"]["hyperparameters"]["lr"],
+                     "validation_accuracy": r["metrics"]["validation_accuracy"],
+                     **{k: r[k] for k in ("trainable_params", "total_params", "lora_params",
+                                          "train_seconds_per_epoch", "examples_per_second", "peak_memory_bytes",
+                                          "device", "git_commit")},
+                     "file": str(path)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,178 @@
+"""A plain PyTorch training loop; Accelerate places it on CPU/GPU, adds bf16 autocast on CUDA and
+data parallelism under ``accelerate launch``."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import psutil
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import set_seed
+from datasets import DatasetDict
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from .data import LengthGroupedBatches, padding_fraction
+
+
+def distributed_state() -> PartialState:
+    """Accelerate's process state; on a machine without CUDA, processes started by ``torchrun`` or
+    ``accelerate launch --multi_gpu`` join a CPU (gloo) process group."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings for one run."""
+
+    lr: float = 5e-4
+    epochs: int = 1
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    log_every: int = 20
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What a run measured: per-epoch accuracy and timing, the loss curve, peak memory."""
+
+    history: list[dict] = field(default_factory=list)
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)
+    train_seconds_per_epoch: float = 0.0
+    examples_per_second: float = 0.0
+    peak_memory_bytes: int = 0
+    padding_fraction: float = 0.0
+    device: str = "cpu"
+    mixed_precision: str = "no"
+    num_processes: int = 1
+
+    @property
+    def validation_accuracy(self) -> float:
+        return self.history[-1]["validation_accuracy"]
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"validation_accuracy": self.validation_accuracy}
+
+
+class PeakMemory:
+    """Peak memory while the block runs: CUDA max allocated, or on CPU the process's peak RSS (sampled)."""
+
+    def __init__(self, device: torch.device, every: float = 0.05) -> None:
+        self.device, self.every, self.peak = device, every, 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        process = psutil.Process()
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, process.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, psutil.Process().memory_info().rss)
+
+
+def make_loaders(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, cfg: TrainConfig
+                 ) -> tuple[DataLoader, DataLoader]:
+    """Length-grouped, dynamically padded train batches; sorted evaluation batches."""
+    collate = DataCollatorWithPadding(tokenizer)
+    train, val = (data[s].remove_columns("length").with_format("torch") for s in ("train", "validation"))
+    return (DataLoader(train, collate_fn=collate,
+                       batch_sampler=LengthGroupedBatches(data["train"]["length"], cfg.batch_size, seed=cfg.seed)),
+            DataLoader(val, collate_fn=collate,
+                       batch_sampler=LengthGroupedBatches(data["validation"]["length"], cfg.eval_batch_size,
+                                                          shuffle=False)))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on biases and LayerNorm weights."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=cfg.lr)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> dict[str, float]:
+    """Validation accuracy and mean loss, with predictions gathered across processes."""
+    model.eval()
+    losses, correct, count = [], 0, 0
+    for batch in loader:
+        out = model(**batch)
+        logits, labels = accelerator.gather_for_metrics((out.logits.float(), batch["labels"]))
+        losses.append(nn.functional.cross_entropy(logits, labels, reduction="sum").item())
+        correct += (logits.argmax(-1) == labels).sum().item()
+        count += labels.numel()
+    model.train()
+    return {"validation_accuracy": correct / count, "validation_loss": sum(losses) / count}
+
+
+def train(model: nn.Module, data: DatasetDict, tokenizer: PreTrainedTokenizerBase, cfg: TrainConfig) -> TrainResult:
+    """Fine-tune ``model`` (whatever is trainable in it) on tokenized ``data``; evaluate every epoch."""
+    set_seed(cfg.seed)
+    cuda = torch.cuda.is_available()
+    distributed_state()
+    accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda, split_batches=True)
+    train_loader, val_loader = make_loaders(data, tokenizer, cfg)
+    optimizer = make_optimizer(model, cfg)
+    steps = cfg.epochs * len(train_loader)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * steps), steps)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+    result = TrainResult(device=str(accelerator.device), mixed_precision=accelerator.mixed_precision,
+                         num_processes=accelerator.num_processes,
+                         padding_fraction=padding_fraction(data["train"]["length"],
+                                                           iter(LengthGroupedBatches(data["train"]["length"],
+                                                                                     cfg.batch_size, seed=cfg.seed))))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    epoch_seconds, step = [], 0
+    model.train()
+    with PeakMemory(accelerator.device) as memory:
+        for epoch in range(cfg.epochs):
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not (cfg.progress and accelerator.is_main_process))
+            start = time.perf_counter()
+            for batch in bar:
+                loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"The loss became {loss.item()} at step {step} (epoch {epoch + 1}); "
+                                             f"lower the learning rate (now {cfg.lr:g}) and run again.")
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if step % cfg.log_every == 0 or step == 1:
+                    value = accelerator.reduce(loss.detach(), "mean").item()
+                    result.loss_curve.append((step, value))
+                    bar.set_postfix(loss=f"{value:.4f}")
+            epoch_seconds.append(time.perf_counter() - start)
+            result.history.append({"epoch": epoch + 1, "train_seconds": epoch_seconds[-1],
+                                   **evaluate(model, val_loader, accelerator)})
+    result.train_seconds_per_epoch = sum(epoch_seconds) / len(epoch_seconds)
+    result.examples_per_second = len(data["train"]) / result.train_seconds_per_epoch
+    result.peak_memory_bytes = memory.peak
+    accelerator.free_memory()
+    return result

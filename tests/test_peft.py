@@ -1,0 +1,88 @@
+"""Our LoRA against peft's: same outputs, and adapters that travel both ways."""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from conftest import randomize_lora
+from lora_tutorial import LoRAConfig, apply_lora, load_adapter, lora_layers, read_adapter_config, save_adapter
+
+
+def peft_config(cfg: LoRAConfig) -> LoraConfig:
+    return LoraConfig(task_type="SEQ_CLS", r=cfg.r, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules),
+                      layers_to_transform=cfg.layers, layers_pattern="layer" if cfg.layers else None,
+                      use_rslora=cfg.rslora, modules_to_save=[m for m in cfg.trainable if m != "classifier"] or None)
+
+
+def copy_ours_into_peft(ours, peft_model):
+    """Give peft's model our A, B and head, so that the two should compute the same function."""
+    peft_params = dict(peft_model.named_parameters())
+    with torch.no_grad():
+        for name, layer in lora_layers(ours).items():
+            peft_params[f"base_model.model.{name}.lora_A.default.weight"].copy_(layer.lora_A)
+            peft_params[f"base_model.model.{name}.lora_B.default.weight"].copy_(layer.lora_B)
+        for name, p in ours.named_parameters():
+            if p.requires_grad and not name.endswith(("lora_A", "lora_B")):
+                module, _, leaf = name.rpartition(".")
+                owner = next(m for m in ("classifier", "bert.pooler") if module.startswith(m))
+                rest = module.removeprefix(owner)
+                peft_params[f"base_model.model.{owner}.modules_to_save.default{rest}.{leaf}"].copy_(p)
+
+
+CONFIGS = [
+    LoRAConfig(r=4, alpha=8),
+    LoRAConfig(r=8, alpha=16, rslora=True, target_modules=("query", "key", "value", "dense")),
+    LoRAConfig(r=2, alpha=3, layers=[1], trainable=("classifier", "pooler")),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["qv", "rslora-all-linear", "layer1-pooler"])
+def test_same_logits_as_peft_tiny(tiny, batch, cfg):
+    ours, theirs = tiny, get_peft_model(copy.deepcopy(tiny), peft_config(cfg)).eval()
+    apply_lora(ours, cfg)
+    randomize_lora(ours)
+    copy_ours_into_peft(ours, theirs)
+    assert (ours(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
+    assert sum(p.numel() for p in ours.parameters() if p.requires_grad) == \
+        sum(p.numel() for p in theirs.parameters() if p.requires_grad)
+
+
+def test_same_logits_as_peft_minilm(minilm, batch):
+    cfg = LoRAConfig(r=16, alpha=32, trainable=("classifier", "pooler"))
+    theirs = get_peft_model(copy.deepcopy(minilm), peft_config(cfg)).eval()
+    apply_lora(minilm, cfg)
+    randomize_lora(minilm)
+    copy_ours_into_peft(minilm, theirs)
+    assert (minilm(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["qv", "rslora-all-linear", "layer1-pooler"])
+def test_our_adapter_loads_in_peft(tiny, batch, tmp_path, cfg):
+    base = copy.deepcopy(tiny)
+    apply_lora(tiny, cfg)
+    randomize_lora(tiny)
+    save_adapter(tiny, tmp_path)
+    theirs = PeftModel.from_pretrained(base, tmp_path).eval()
+    assert (tiny(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
+
+
+def test_our_adapter_loads_in_peft_minilm(minilm, batch, tmp_path):
+    base = copy.deepcopy(minilm)
+    apply_lora(minilm, LoRAConfig(r=16, trainable=("classifier", "pooler")))
+    randomize_lora(minilm)
+    save_adapter(minilm, tmp_path)
+    theirs = PeftModel.from_pretrained(base, tmp_path).eval()
+    assert (minilm(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["qv", "rslora-all-linear", "layer1-pooler"])
+def test_peft_adapter_loads_in_ours(tiny, batch, tmp_path, cfg):
+    theirs = get_peft_model(copy.deepcopy(tiny), peft_config(cfg)).eval()
+    randomize_lora(theirs)
+    theirs.save_pretrained(tmp_path)
+    assert read_adapter_config(tmp_path).r == cfg.r
+    load_adapter(tiny, tmp_path)
+    assert len(lora_layers(tiny)) == len([n for n, _ in theirs.named_modules() if n.endswith("lora_A")])
+    assert (tiny(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5

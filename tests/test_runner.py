@@ -1,0 +1,125 @@
+"""The experiment runner: learning, determinism, resume after a kill, result schema, 2 processes."""
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lora_tutorial import runner
+from lora_tutorial.experiments import PROFILES, experiment, suite
+from lora_tutorial.train import TrainConfig, train
+
+POS, NEG = ["good", "great", "superb", "lovely", "moving"], ["bad", "awful", "dull", "boring", "poor"]
+FILLER = ["the", "film", "a", "plot", "was", "acting", "very", "story", "its", "and"]
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory):
+    """A sentiment task a tiny model can learn in seconds: the label is which word list appears."""
+    rng, folder = random.Random(0), tmp_path_factory.mktemp("toy")
+    for split, n in (("train", 1024), ("validation", 256)):
+        lines = ["sentence\tlabel"]
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            words = rng.choices(FILLER, k=rng.randint(3, 12)) + [rng.choice(POS if label else NEG)]
+            rng.shuffle(words)
+            lines.append(f"{' '.join(words)}\t{label}")
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_smoke_run_learns_and_records_schema(learnable, tmp_path):
+    [record] = runner.run_suite("smoke", ["full"], [0], tmp_path, learnable, progress=False)
+    assert record["metrics"]["validation_accuracy"] >= 0.9
+    assert {"config", "metrics", "trainable_params", "total_params", "train_seconds_per_epoch",
+            "examples_per_second", "peak_memory_bytes", "versions", "machine", "git_commit",
+            "started", "finished"} <= set(record)
+    assert {"method", "rank", "alpha", "layers", "target_modules", "seed", "model", "profile",
+            "hyperparameters"} <= set(record["config"])
+    assert len(record["metrics"]["history"]) == PROFILES["smoke"].epochs
+    assert record["trainable_params"] == record["total_params"] and record["peak_memory_bytes"] > 0
+    assert json.loads((tmp_path / "smoke" / "full__seed0.json").read_text()) == record
+
+
+def test_lora_run_saves_a_loadable_adapter(learnable, tmp_path):
+    [record] = runner.run_suite("smoke", ["lora-r4-upper"], [0], tmp_path, learnable, progress=False)
+    assert record["config"]["layers"] == [1] and record["lora_params"] == 2 * 4 * (64 + 64)
+    from lora_tutorial import load_adapter
+    from lora_tutorial.models import load_model
+    model = load_adapter(load_model("tiny"), tmp_path / "smoke" / record["adapter"])
+    assert model.lora_config.r == 4
+
+
+def test_same_seed_same_metrics(learnable, tmp_path):
+    a = runner.run_suite("smoke", ["lora-r2"], [1], tmp_path / "a", learnable, progress=False)[0]
+    b = runner.run_suite("smoke", ["lora-r2"], [1], tmp_path / "b", learnable, progress=False)[0]
+    assert a["metrics"]["history"][-1]["validation_loss"] == b["metrics"]["history"][-1]["validation_loss"]
+    assert a["metrics"]["loss_curve"] == b["metrics"]["loss_curve"]
+
+
+def test_resume_after_a_kill(learnable, tmp_path, monkeypatch):
+    real_train, calls = runner.train, []
+
+    def killed_on_second_run(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies mid-run
+        return real_train(*args, **kwargs)
+    monkeypatch.setattr(runner, "train", killed_on_second_run)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_suite("smoke", ["head", "lora-r1"], [0], tmp_path, learnable, progress=False)
+    first = tmp_path / "smoke" / "head__seed0.json"
+    assert first.exists() and not (tmp_path / "smoke" / "lora-r1__seed0.json").exists()
+    (tmp_path / "smoke" / "lora-r1__seed0.json.tmp").write_text("{half")  # a write cut short
+    stamp = first.stat().st_mtime_ns
+    monkeypatch.setattr(runner, "train", real_train)
+    records = runner.run_suite("smoke", ["head", "lora-r1"], [0], tmp_path, learnable, progress=False)
+    assert first.stat().st_mtime_ns == stamp  # finished runs are skipped
+    assert [r["config"]["experiment"] for r in records] == ["head", "lora-r1"]
+    assert sorted(p.name for p in (tmp_path / "smoke").iterdir()) == ["adapters", "head__seed0.json",
+                                                                      "lora-r1__seed0.json"]
+    frame = runner.load_results(tmp_path, "smoke")
+    assert list(frame["experiment"]) == ["head", "lora-r1"] and frame["validation_accuracy"].between(0, 1).all()
+
+
+def test_nan_loss_stops_with_clear_error(learnable):
+    data, tokenizer = runner.prepare_data(PROFILES["smoke"], learnable)
+    model = runner.build(PROFILES["smoke"], experiment("head"), 0)[0]
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="loss became nan at step 0 .*lower the learning rate"):
+        train(model, data, tokenizer, TrainConfig(progress=False))
+
+
+def test_bad_names():
+    with pytest.raises(ValueError, match="Unknown experiment 'lora-rx'"):
+        experiment("lora-rx")
+    with pytest.raises(ValueError, match="Unknown profile 'laptop'"):
+        runner.run_suite("laptop", ["full"], [0])
+    with pytest.raises(ValueError, match="Unknown suite"):
+        suite("everything")
+
+
+def test_experiment_names():
+    assert experiment("lora-r8-q-upper").lora_config(6, 0.0).layers == [3, 4, 5]
+    assert experiment("lora-r8-layer3").lora_config(6, 0.0).layers == [3]
+    assert experiment("lora-r16").lora_config(12, 0.1).target_modules == ("query", "value")
+    assert suite("rank") == ["lora-r1", "lora-r4", "lora-r8", "lora-r16", "lora-r32"]
+
+
+def test_two_processes_match_one(learnable, tmp_path):
+    args = ["-m", "lora_tutorial", "run", "--profile", "smoke", "--experiments", "full", "--seeds", "0",
+            "--data", str(learnable), "--no-progress"]
+    subprocess.run([sys.executable, *args, "--results", str(tmp_path / "one")], check=True, capture_output=True)
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          *args, "--results", str(tmp_path / "two")], capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one, two = (json.loads((tmp_path / d / "smoke" / "full__seed0.json").read_text()) for d in ("one", "two"))
+    assert two["num_processes"] == 2 and one["num_processes"] == 1
+    assert two["metrics"]["validation_accuracy"] == pytest.approx(one["metrics"]["validation_accuracy"], abs=1 / 256)
+    assert two["metrics"]["history"][-1]["validation_loss"] == pytest.approx(
+        one["metrics"]["history"][-1]["validation_loss"], rel=1e-2)
