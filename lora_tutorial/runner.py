@@ -105,6 +105,7 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
         "trainable_params": params.trainable, "total_params": params.total, "lora_params": params.lora,
         "train_seconds_per_epoch": out.train_seconds_per_epoch, "examples_per_second": out.examples_per_second,
         "peak_memory_bytes": out.peak_memory_bytes, "padding_fraction": out.padding_fraction,
+        "padding_fraction_random": out.padding_fraction_random, "settings": run_settings(profile, exp),
         "device": out.device, "mixed_precision": out.mixed_precision, "num_processes": out.num_processes,
         **environment(), "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -124,6 +125,23 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
     return record
 
 
+def run_settings(profile: Profile, exp: Experiment) -> dict:
+    """The profile settings a run depends on (only its own method's learning rate)."""
+    settings = asdict(profile)
+    lr = settings.pop(f"lr_{exp.method}")
+    return {k: v for k, v in settings.items() if not k.startswith("lr_")} | {"lr": lr}
+
+
+def is_done(path: Path, profile: Profile) -> bool:
+    """A result exists and was made with the profile's current settings (else it is stale: re-run)."""
+    if not path.exists():
+        return False
+    if json.loads(path.read_text()).get("settings") == run_settings(profile, experiment(path.stem.split("__")[0])):
+        return True
+    print(f"{path} was made with other {profile.name} settings; running it again.", file=sys.stderr)
+    return False
+
+
 def write_json_atomic(path: Path, record: dict) -> None:
     """Write to a temporary file, then rename: a reader never sees half a result."""
     tmp = path.with_name(path.name + ".tmp")
@@ -139,7 +157,7 @@ def run_suite(profile: str, names: list[str], seeds: list[int], results: str | P
     prof, results = PROFILES[profile], Path(results)
     for name in names:
         experiment(name)  # fail on a bad name before any training
-    todo = [(n, s) for n in names for s in seeds if force or not result_path(results, profile, n, s).exists()]
+    todo = [(n, s) for n in names for s in seeds if force or not is_done(result_path(results, profile, n, s), prof)]
     for stale in (results / profile).glob("*.tmp") if distributed_state().is_main_process else ():
         stale.unlink()  # left by a run that was killed mid-write
     if todo:

@@ -11,14 +11,14 @@ from dataclasses import asdict, dataclass, field
 import psutil
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from datasets import DatasetDict
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from .data import LengthGroupedBatches, padding_fraction
+from .data import LengthGroupedBatches, padding_fraction, random_batches
 
 
 def distributed_state() -> PartialState:
@@ -52,7 +52,8 @@ class TrainResult:
     train_seconds_per_epoch: float = 0.0
     examples_per_second: float = 0.0
     peak_memory_bytes: int = 0
-    padding_fraction: float = 0.0
+    padding_fraction: float = 0.0          # share of padding tokens with length-grouped batches
+    padding_fraction_random: float = 0.0   # the same with plain shuffled batches
     device: str = "cpu"
     mixed_precision: str = "no"
     num_processes: int = 1
@@ -133,18 +134,21 @@ def train(model: nn.Module, data: DatasetDict, tokenizer: PreTrainedTokenizerBas
     set_seed(cfg.seed)
     cuda = torch.cuda.is_available()
     distributed_state()
-    accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda, split_batches=True)
+    # split_batches: each batch is cut across processes, so N processes train exactly like one.
+    accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
     train_loader, val_loader = make_loaders(data, tokenizer, cfg)
     optimizer = make_optimizer(model, cfg)
     steps = cfg.epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * steps), steps)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
-    result = TrainResult(device=str(accelerator.device), mixed_precision=accelerator.mixed_precision,
-                         num_processes=accelerator.num_processes,
-                         padding_fraction=padding_fraction(data["train"]["length"],
-                                                           iter(LengthGroupedBatches(data["train"]["length"],
-                                                                                     cfg.batch_size, seed=cfg.seed))))
+    lengths = data["train"]["length"]
+    result = TrainResult(
+        device=str(accelerator.device), mixed_precision=accelerator.mixed_precision,
+        num_processes=accelerator.num_processes,
+        padding_fraction=padding_fraction(lengths, iter(LengthGroupedBatches(lengths, cfg.batch_size, seed=cfg.seed))),
+        padding_fraction_random=padding_fraction(lengths, iter(random_batches(len(lengths), cfg.batch_size, cfg.seed))))
     trainable = [p for p in model.parameters() if p.requires_grad]
     epoch_seconds, step = [], 0
     model.train()

@@ -81,6 +81,10 @@ def test_resume_after_a_kill(learnable, tmp_path, monkeypatch):
     assert [r["config"]["experiment"] for r in records] == ["head", "lora-r1"]
     assert sorted(p.name for p in (tmp_path / "smoke").iterdir()) == ["adapters", "head__seed0.json",
                                                                       "lora-r1__seed0.json"]
+    monkeypatch.setitem(runner.PROFILES, "smoke", PROFILES["smoke"].__class__(**{
+        **runner.asdict(PROFILES["smoke"]), "lr_head": 1e-4}))  # settings changed: that result is stale
+    assert not runner.is_done(first, runner.PROFILES["smoke"])
+    assert runner.is_done(tmp_path / "smoke" / "lora-r1__seed0.json", runner.PROFILES["smoke"])
     frame = runner.load_results(tmp_path, "smoke")
     assert list(frame["experiment"]) == ["head", "lora-r1"] and frame["validation_accuracy"].between(0, 1).all()
 
