@@ -62,7 +62,7 @@ def save_adapter(model: nn.Module, path: str | Path, task_type: str = "SEQ_CLS")
 
 
 def read_adapter_config(path: str | Path) -> LoRAConfig:
-    """Read a peft ``adapter_config.json`` as a :class:`LoRAConfig`."""
+    """Read a peft ``adapter_config.json`` as a :class:`~lora_tutorial.lora.LoRAConfig`."""
     file = Path(path) / CONFIG_FILE
     if not file.is_file():
         raise ValueError(f"No {CONFIG_FILE} in {path}; point at the folder save_adapter or peft wrote.")

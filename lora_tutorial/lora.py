@@ -57,6 +57,7 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``W x + b + scaling * B A dropout(x)``; once merged, just the base layer."""
         if self.merged:
             return self.base(x)
         return self.base(x) + F.linear(F.linear(self.dropout(x), self.lora_A) * self.scaling, self.lora_B)
