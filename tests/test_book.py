@@ -1,0 +1,89 @@
+"""The book: builds with warnings as errors, every chapter has figures and no errors, math renders
+in a real (headless) browser, and the Colab twins match their MyST sources."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+from bs4 import BeautifulSoup
+
+ROOT = Path(__file__).parents[1]
+CHAPTERS = sorted(p for p in (ROOT / "book").glob("*.md") if "jupytext:" in p.read_text()[:400])
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=5000"]
+
+
+@pytest.fixture(scope="session")
+def html(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("book")
+    jb = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run([str(jb), "build", str(ROOT), "-W", "-n", "--keep-going", "--path-output", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out / "_build" / "html"
+
+
+def page(html: Path, chapter: Path) -> BeautifulSoup:
+    return BeautifulSoup((html / "book" / f"{chapter.stem}.html").read_text(), "html.parser")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_has_figures_and_no_errors(html, chapter):
+    soup = page(html, chapter)
+    outputs = soup.select("div.cell_output")
+    assert outputs, "no executed outputs"
+    assert soup.select("div.cell_output img"), "no figure"
+    assert not soup.select(".output.error, .output.traceback"), "an error in the output"
+    assert "Traceback" not in soup.get_text()
+    assert soup.select("span.math, div.math"), "no math"
+    assert "Exercises" in soup.get_text() and soup.select(".dropdown"), "no exercises with hidden solutions"
+
+
+def test_math_is_served_locally(html):
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    scripts = [s.get("src", "") for s in page(html, CHAPTERS[0]).find_all("script")]
+    assert any(s.endswith("_static/mathjax/tex-chtml.js") for s in scripts)
+    assert not any("cdn" in s for s in scripts if "mathjax" in s.lower())
+
+
+def test_colab_twins_match_sources():
+    for md in CHAPTERS:
+        twin = md.with_suffix(".ipynb")
+        assert twin.is_file(), f"{twin.name} missing: run `jupytext --sync {md.relative_to(ROOT)}`"
+        a, b = jupytext.read(md), nbformat.read(twin, as_version=4)
+        assert [(c.cell_type, c.source) for c in a.cells] == [(c.cell_type, c.source) for c in b.cells], \
+            f"{twin.name} is out of date: run `jupytext --sync {md.relative_to(ROOT)}`"
+        assert "google.colab" in next(c for c in a.cells if c.cell_type == "code").source
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (CI installs Debian's chromium)")
+        pytest.skip("chromium is not installed")
+    return exe
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_math_renders_in_a_browser(html, chromium, chapter):
+    url = (html / "book" / f"{chapter.stem}.html").as_uri()
+    with tempfile.TemporaryDirectory() as profile:
+        flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+        dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    with tempfile.TemporaryDirectory() as profile:
+        shot = html / "screenshots" / f"{chapter.stem}.png"
+        shot.parent.mkdir(exist_ok=True)
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}",
+                        "--window-size=1280,2000", url], capture_output=True, timeout=120)
+    assert "mjx-container" in dom, "MathJax did not typeset the page"
+    assert "<mjx-merror" not in dom, "MathJax reported a TeX error"
+    assert shot.is_file() and shot.stat().st_size > 10_000
