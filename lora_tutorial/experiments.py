@@ -39,6 +39,9 @@ PROFILES = {
                      max_length=64, train_limit=2048, eval_limit=256, lora_dropout=0.0),
     "cpu": Profile("cpu", model="minilm", num_layers=6, epochs=1, batch_size=32, lr_full=2e-5, lr_lora=1e-3, lr_head=1e-3,
                    ablation_train_limit=20_000),
+    # Learning-rate selection: the cpu settings on a fixed 20,000-example subset of the training split.
+    "cpu-tune": Profile("cpu-tune", model="minilm", num_layers=6, epochs=1, batch_size=32, lr_full=2e-5,
+                        lr_lora=1e-3, lr_head=1e-3, train_limit=20_000),
     "gpu": Profile("gpu", model="bert-base-uncased", num_layers=12, epochs=3, batch_size=32, lr_full=2e-5, lr_lora=5e-4,
                    lr_head=1e-3),
 }
@@ -53,6 +56,10 @@ class Experiment:
     r: int | None = None
     target: str = "qv"
     layers: str = "all"   # "all", "lower", "upper" or a single layer index as a string
+    lr: float | None = None  # overrides the profile's learning rate for this method
+
+    def learning_rate(self, profile: Profile) -> float:
+        return self.lr if self.lr is not None else getattr(profile, f"lr_{self.method}")
 
     @property
     def is_ablation(self) -> bool:
@@ -72,15 +79,21 @@ _NAME = re.compile(r"lora-r(\d+)(?:-(q|v|qv|qkvo|qkvo-ffn))?(?:-(lower|upper|lay
 
 def experiment(name: str) -> Experiment:
     """Parse an experiment name: ``full``, ``head``, ``lora-r16``, ``lora-r8-qkvo``, ``lora-r8-lower``,
-    ``lora-r8-upper``, ``lora-r8-layer3`` (target and layers may be combined: ``lora-r8-q-upper``)."""
-    if name in ("full", "head"):
-        return Experiment(name, name)
-    m = _NAME.fullmatch(name)
-    if not m or int(m.group(1)) <= 0:
+    ``lora-r8-upper``, ``lora-r8-layer3`` (target and layers may be combined: ``lora-r8-q-upper``).
+    A suffix ``@<lr>`` overrides the profile's learning rate: ``lora-r16@2e-3``, ``full@5e-5``."""
+    base, _, lr_text = name.partition("@")
+    try:
+        lr = float(lr_text) if lr_text else None
+    except ValueError:
+        lr = -1.0
+    m = _NAME.fullmatch(base)
+    if (base not in ("full", "head") and (not m or int(m.group(1)) <= 0)) or (lr is not None and lr <= 0):
         raise ValueError(f"Unknown experiment {name!r}; use full, head, lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn]"
-                         "[-lower|-upper|-layer<i>], e.g. lora-r16 or lora-r8-layer3.")
+                         "[-lower|-upper|-layer<i>][@<lr>], e.g. lora-r16, lora-r8-layer3 or full@5e-5.")
+    if base in ("full", "head"):
+        return Experiment(name, base, lr=lr)
     r, target, layers = int(m.group(1)), m.group(2) or "qv", m.group(3) or "all"
-    return Experiment(name, "lora", r=r, target=target, layers=layers.removeprefix("layer"))
+    return Experiment(name, "lora", r=r, target=target, layers=layers.removeprefix("layer"), lr=lr)
 
 
 def suite(name: str, num_layers: int = 6) -> list[str]:

@@ -64,18 +64,16 @@ def prepare_data(profile: Profile, data_source: str | None = None) -> tuple[Data
 
 
 def build(profile: Profile, exp: Experiment, seed: int):
-    """The model for an experiment, with the right parts trainable; and its learning rate."""
+    """The model for an experiment, with the right parts trainable."""
     model = load_model(profile.model, seed=seed)
-    if exp.method == "full":
-        return model, profile.lr_full
     if exp.method == "head":
         model.requires_grad_(False)
         for name, module in model.named_modules():
             if name.rsplit(".", 1)[-1] in HEAD:
                 module.requires_grad_(True)
-        return model, profile.lr_head
-    apply_lora(model, exp.lora_config(num_layers(model), profile.lora_dropout))
-    return model, profile.lr_lora
+    elif exp.method == "lora":
+        apply_lora(model, exp.lora_config(num_layers(model), profile.lora_dropout))
+    return model
 
 
 def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer, results: Path,
@@ -86,9 +84,9 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
         data = DatasetDict(train=data["train"].shuffle(seed=0).select(range(profile.ablation_train_limit)),
                            validation=data["validation"])
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    model, lr = build(profile, exp, seed)
+    model = build(profile, exp, seed)
     params = count_parameters(model)
-    cfg = TrainConfig(lr=lr, epochs=profile.epochs, batch_size=profile.batch_size, seed=seed, progress=progress)
+    cfg = TrainConfig(lr=exp.learning_rate(profile), epochs=profile.epochs, batch_size=profile.batch_size, seed=seed, progress=progress)
     lora = getattr(model, "lora_config", None)
     out = train(model, data, tokenizer, cfg)
     record = {
@@ -127,16 +125,14 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
 
 def run_settings(profile: Profile, exp: Experiment) -> dict:
     """The profile settings a run depends on (only its own method's learning rate)."""
-    settings = asdict(profile)
-    lr = settings.pop(f"lr_{exp.method}")
-    return {k: v for k, v in settings.items() if not k.startswith("lr_")} | {"lr": lr}
+    return {k: v for k, v in asdict(profile).items() if not k.startswith("lr_")} | {"lr": exp.learning_rate(profile)}
 
 
 def is_done(path: Path, profile: Profile) -> bool:
     """A result exists and was made with the profile's current settings (else it is stale: re-run)."""
     if not path.exists():
         return False
-    if json.loads(path.read_text()).get("settings") == run_settings(profile, experiment(path.stem.split("__")[0])):
+    if json.loads(path.read_text()).get("settings") == run_settings(profile, experiment(path.stem.rsplit("__", 1)[0])):
         return True
     print(f"{path} was made with other {profile.name} settings; running it again.", file=sys.stderr)
     return False

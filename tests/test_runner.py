@@ -91,7 +91,7 @@ def test_resume_after_a_kill(learnable, tmp_path, monkeypatch):
 
 def test_nan_loss_stops_with_clear_error(learnable):
     data, tokenizer = runner.prepare_data(PROFILES["smoke"], learnable)
-    model = runner.build(PROFILES["smoke"], experiment("head"), 0)[0]
+    model = runner.build(PROFILES["smoke"], experiment("head"), 0)
     with torch.no_grad():
         model.classifier.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="loss became nan at step 0 .*lower the learning rate"):
@@ -111,6 +111,10 @@ def test_experiment_names():
     assert experiment("lora-r8-q-upper").lora_config(6, 0.0).layers == [3, 4, 5]
     assert experiment("lora-r8-layer3").lora_config(6, 0.0).layers == [3]
     assert experiment("lora-r16").lora_config(12, 0.1).target_modules == ("query", "value")
+    assert experiment("full@5e-5").learning_rate(PROFILES["cpu"]) == 5e-5
+    assert experiment("lora-r16").learning_rate(PROFILES["cpu"]) == PROFILES["cpu"].lr_lora
+    with pytest.raises(ValueError, match="Unknown experiment 'full@fast'"):
+        experiment("full@fast")
     assert suite("rank") == ["lora-r1", "lora-r4", "lora-r8", "lora-r16", "lora-r32"]
 
 
