@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from .experiments import PROFILES, suite
 from .runner import load_results, run_suite
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     show.add_argument("--profile", default=None)
     show.add_argument("--results", default="results")
     sub.add_parser("profiles", help="print every profile's settings")
+    bench = sub.add_parser("bench", help="measure step time, memory and latency ratios (writes results/bench)")
+    bench.add_argument("--models", nargs="+", default=["minilm", "bert-base-random"])
+    bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--out", default="results/bench")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -47,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{r['config']['experiment']:>20} seed {r['config']['seed']}: "
                   f"accuracy {r['metrics']['validation_accuracy']:.4f}, "
                   f"{r['train_seconds_per_epoch']:.1f} s/epoch")
+    elif args.command == "bench":
+        from .bench import main as bench_main
+        bench_main(args.models, args.repeats, Path(args.out))
     elif args.command == "results":
         print(load_results(args.results, args.profile).drop(columns=["file"]).to_string())
     else:

@@ -1,7 +1,6 @@
 import copy
 
 import pytest
-import torch
 from transformers.utils import logging
 
 from lora_tutorial.models import load_model, load_tokenizer
@@ -36,12 +35,3 @@ def batch():
     tok = load_tokenizer("minilm")
     return dict(tok(["a gripping, funny film", "dull and far too long to sit through", "fine"],
                     padding=True, return_tensors="pt"))
-
-
-def randomize_lora(model, seed=1):
-    """Give every LoRA B (and the head) non-zero values so that the update actually matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("lora_B") or p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)

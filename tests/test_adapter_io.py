@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import randomize_lora
+from helpers import randomize_lora
 from lora_tutorial import LoRAConfig, apply_lora, load_adapter, lora_layers, save_adapter
 from lora_tutorial.models import load_model
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import randomize_lora
+from helpers import randomize_lora
 from lora_tutorial import LoRAConfig, LoRALinear, apply_lora, lora_layers, merge_lora, remove_lora
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from conftest import randomize_lora
+from helpers import randomize_lora
 from lora_tutorial import LoRAConfig, apply_lora, load_adapter, lora_layers, read_adapter_config, save_adapter
 
 
