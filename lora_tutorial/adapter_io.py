@@ -55,7 +55,7 @@ def save_adapter(model: nn.Module, path: str | Path, task_type: str = "SEQ_CLS")
         "layers_pattern": "layer" if config.layers is not None else None,
         "use_rslora": config.rslora, "init_lora_weights": "gaussian" if config.init == "gaussian" else True,
         "modules_to_save": list(config.trainable) or None,
-        "bias": "none", "fan_in_fan_out": False, "use_dora": False, "inference_mode": True,
+        "bias": "none", "fan_in_fan_out": False, "use_dora": config.dora, "inference_mode": True,
     }
     (path / CONFIG_FILE).write_text(json.dumps(peft_config, indent=2))
     return path
@@ -67,9 +67,8 @@ def read_adapter_config(path: str | Path) -> LoRAConfig:
     if not file.is_file():
         raise ValueError(f"No {CONFIG_FILE} in {path}; point at the folder save_adapter or peft wrote.")
     c = json.loads(file.read_text())
-    if c.get("peft_type") != "LORA" or c.get("use_dora"):
-        raise ValueError(f"{file} is a {c.get('peft_type')} adapter{' with DoRA' if c.get('use_dora') else ''}; "
-                         "only plain LoRA adapters can be loaded here.")
+    if c.get("peft_type") != "LORA":
+        raise ValueError(f"{file} is a {c.get('peft_type')} adapter; only LoRA (and DoRA) adapters can be loaded here.")
     if isinstance(c["target_modules"], str):
         raise ValueError(f"{file} gives target_modules as a regex ({c['target_modules']!r}); "
                          "only a list of module names is supported.")
@@ -80,7 +79,7 @@ def read_adapter_config(path: str | Path) -> LoRAConfig:
         layers=[layers] if isinstance(layers, int) else layers,
         rslora=bool(c.get("use_rslora", False)),
         init="gaussian" if c.get("init_lora_weights") == "gaussian" else "kaiming",
-        trainable=tuple(c.get("modules_to_save") or ()),
+        trainable=tuple(c.get("modules_to_save") or ()), dora=bool(c.get("use_dora", False)),
     )
 
 

@@ -57,6 +57,12 @@ class Experiment:
     target: str = "qv"
     layers: str = "all"   # "all", "lower", "upper" or a single layer index as a string
     lr: float | None = None  # overrides the profile's learning rate for this method
+    variant: str = "lora"    # "lora", "rslora" (alpha/sqrt(r)), "dora" or "loraplus" (B learns 16x faster)
+
+    @property
+    def lr_ratio_b(self) -> float:
+        """LoRA+ (Hayou et al., 2024): B's learning rate over A's."""
+        return LORAPLUS_RATIO if self.variant == "loraplus" else 1.0
 
     def learning_rate(self, profile: Profile) -> float:
         return self.lr if self.lr is not None else getattr(profile, f"lr_{self.method}")
@@ -71,14 +77,15 @@ class Experiment:
         layers = {"all": None, "lower": list(range(half)), "upper": list(range(half, num_layers))}.get(
             self.layers, [int(self.layers)] if self.layers.isdigit() else None)
         return LoRAConfig(r=self.r, alpha=2 * self.r, dropout=dropout, target_modules=MODULE_SETS[self.target],
-                          layers=layers, trainable=HEAD)
+                          layers=layers, trainable=HEAD, rslora=self.variant == "rslora", dora=self.variant == "dora")
 
 
-_NAME = re.compile(r"lora-r(\d+)(?:-(q|v|qv|qkvo|qkvo-ffn))?(?:-(lower|upper|layer\d+))?")
+LORAPLUS_RATIO = 16.0
+_NAME = re.compile(r"(lora|rslora|dora|loraplus)-r(\d+)(?:-(q|v|qv|qkvo|qkvo-ffn))?(?:-(lower|upper|layer\d+))?")
 
 
 def experiment(name: str) -> Experiment:
-    """Parse an experiment name: ``full``, ``head``, ``lora-r16``, ``lora-r8-qkvo``, ``lora-r8-lower``,
+    """Parse an experiment name: ``full``, ``head``, ``lora-r16`` (``rslora-r16``, ``dora-r16``, ``loraplus-r16``), ``lora-r8-qkvo``, ``lora-r8-lower``,
     ``lora-r8-upper``, ``lora-r8-layer3`` (target and layers may be combined: ``lora-r8-q-upper``).
     A suffix ``@<lr>`` overrides the profile's learning rate: ``lora-r16@2e-3``, ``full@5e-5``."""
     base, _, lr_text = name.partition("@")
@@ -87,22 +94,24 @@ def experiment(name: str) -> Experiment:
     except ValueError:
         lr = -1.0
     m = _NAME.fullmatch(base)
-    if (base not in ("full", "head") and (not m or int(m.group(1)) <= 0)) or (lr is not None and lr <= 0):
+    if (base not in ("full", "head") and (not m or int(m.group(2)) <= 0)) or (lr is not None and lr <= 0):
         raise ValueError(f"Unknown experiment {name!r}; use full, head, lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn]"
-                         "[-lower|-upper|-layer<i>][@<lr>], e.g. lora-r16, lora-r8-layer3 or full@5e-5.")
+                         "[-lower|-upper|-layer<i>][@<lr>] (or rslora-, dora-, loraplus- for lora-), e.g. lora-r16, "
+                         "lora-r8-layer3, dora-r16 or full@5e-5.")
     if base in ("full", "head"):
         return Experiment(name, base, lr=lr)
-    r, target, layers = int(m.group(1)), m.group(2) or "qv", m.group(3) or "all"
-    return Experiment(name, "lora", r=r, target=target, layers=layers.removeprefix("layer"), lr=lr)
+    variant, r, target, layers = m.group(1), int(m.group(2)), m.group(3) or "qv", m.group(4) or "all"
+    return Experiment(name, "lora", r=r, target=target, layers=layers.removeprefix("layer"), lr=lr, variant=variant)
 
 
 def suite(name: str, num_layers: int = 6) -> list[str]:
-    """Named groups of experiments: headline, rank, layers, modules, all."""
+    """Named groups of experiments: headline, rank, layers, modules, variants, all."""
     suites = {
         "headline": ["full", "lora-r16"],
         "rank": [f"lora-r{r}" for r in RANKS],
         "layers": ["lora-r8-lower", "lora-r8-upper"] + [f"lora-r8-layer{i}" for i in range(num_layers)],
         "modules": [f"lora-r8-{t}" for t in MODULE_SETS],
+        "variants": [f"{v}-r16" for v in ("rslora", "dora", "loraplus")],
     }
     if name == "all":
         return list(dict.fromkeys(["head"] + [e for s in suites.values() for e in s]))

@@ -97,6 +97,7 @@ class LoRAConfig:
     rslora: bool = False
     init: str = "kaiming"
     trainable: tuple[str, ...] = ("classifier",)
+    dora: bool = False
 
     def __post_init__(self) -> None:
         _check_hparams(self.r, self.alpha, self.dropout, self.init)
@@ -162,13 +163,14 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
     if not targets:
         raise ValueError(f"No nn.Linear matched target_modules={list(config.target_modules)}; "
                          "print(model) to see the module names (BERT uses query, key, value, dense).")
+    from .dora import DoRALinear
+    layer_class = DoRALinear if config.dora else LoRALinear
     model.requires_grad_(False)
     summary = LoRASummary()
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, LoRALinear(linear, config.r, config.alpha, config.dropout,
-                                          config.init, config.rslora))
+        setattr(parent, child, layer_class(linear, config.r, config.alpha, config.dropout, config.init, config.rslora))
         summary.wrapped.append(name)
     for name, m in model.named_modules():
         if config.trainable and _matches(name, config.trainable) and not isinstance(m, LoRALinear):

@@ -86,11 +86,12 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     model = build(profile, exp, seed)
     params = count_parameters(model)
-    cfg = TrainConfig(lr=exp.learning_rate(profile), epochs=profile.epochs, batch_size=profile.batch_size, seed=seed, progress=progress)
+    cfg = TrainConfig(lr=exp.learning_rate(profile), lr_ratio_b=exp.lr_ratio_b, epochs=profile.epochs, batch_size=profile.batch_size, seed=seed, progress=progress)
     lora = getattr(model, "lora_config", None)
     out = train(model, data, tokenizer, cfg)
     record = {
-        "config": {"experiment": name, "method": exp.method, "rank": exp.r,
+        "config": {"experiment": name, "method": exp.method, "variant": exp.variant if lora else None,
+                   "rank": exp.r,
                    "alpha": lora.alpha if lora else None, "layers": lora.layers if lora else None,
                    "target_modules": list(lora.target_modules) if lora else None,
                    "trainable_modules": list(HEAD) if exp.method != "full" else "all",

@@ -38,6 +38,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
+    lr_ratio_b: float = 1.0   # LoRA+: the learning rate of LoRA's B matrices is lr * lr_ratio_b
     seed: int = 0
     log_every: int = 20
     progress: bool = True
@@ -108,10 +109,15 @@ def make_loaders(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, cfg: Tra
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; no weight decay on biases and LayerNorm weights."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=cfg.lr)
+    """AdamW over the trainable parameters; no weight decay on biases and LayerNorm weights; LoRA's B
+    matrices at ``lr * lr_ratio_b`` (LoRA+)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in params if p.ndim >= 2 and not n.endswith("lora_B")],
+               "weight_decay": cfg.weight_decay},
+              {"params": [p for n, p in params if n.endswith("lora_B")], "weight_decay": cfg.weight_decay,
+               "lr": cfg.lr * cfg.lr_ratio_b},
+              {"params": [p for n, p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
 @torch.no_grad()

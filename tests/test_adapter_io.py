@@ -77,5 +77,5 @@ def test_merged_model_refuses_load(tiny, tmp_path):
 
 def test_non_lora_adapter(tiny, tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
-    with pytest.raises(ValueError, match="is a IA3 adapter; only plain LoRA"):
+    with pytest.raises(ValueError, match="is a IA3 adapter; only LoRA"):
         load_adapter(tiny, tmp_path)

@@ -171,3 +171,25 @@ def test_apply_twice(tiny):
 def test_wrapping_a_non_linear():
     with pytest.raises(ValueError, match="wraps an nn.Linear, got Conv1d"):
         LoRALinear(nn.Conv1d(2, 2, 1), r=1, alpha=1)
+
+
+def test_dora_merge_round_trip(tiny, batch):
+    from lora_tutorial.dora import DoRALinear
+    apply_lora(tiny, LoRAConfig(r=4, dora=True))
+    randomize_lora(tiny)
+    layer = lora_layers(tiny)["bert.encoder.layer.0.attention.self.value"]
+    assert isinstance(layer, DoRALinear)
+    w0, before = layer.base.weight.clone(), tiny(**batch).logits
+    for l in lora_layers(tiny).values():
+        l.merge()
+    assert (tiny(**batch).logits - before).abs().max() <= 1e-5
+    for l in lora_layers(tiny).values():
+        l.unmerge()
+    assert (layer.base.weight - w0).abs().max() <= 1e-6
+
+
+def test_dora_starts_as_the_base_layer():
+    from lora_tutorial.dora import DoRALinear
+    base = nn.Linear(12, 7)
+    x = torch.randn(3, 12)
+    torch.testing.assert_close(DoRALinear(base, r=2, alpha=4)(x), base(x), atol=1e-6, rtol=1e-6)

@@ -13,7 +13,7 @@ from lora_tutorial import LoRAConfig, apply_lora, load_adapter, lora_layers, rea
 def peft_config(cfg: LoRAConfig) -> LoraConfig:
     return LoraConfig(task_type="SEQ_CLS", r=cfg.r, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules),
                       layers_to_transform=cfg.layers, layers_pattern="layer" if cfg.layers else None,
-                      use_rslora=cfg.rslora, modules_to_save=[m for m in cfg.trainable if m != "classifier"] or None)
+                      use_rslora=cfg.rslora, use_dora=cfg.dora, modules_to_save=[m for m in cfg.trainable if m != "classifier"] or None)
 
 
 def copy_ours_into_peft(ours, peft_model):
@@ -23,8 +23,11 @@ def copy_ours_into_peft(ours, peft_model):
         for name, layer in lora_layers(ours).items():
             peft_params[f"base_model.model.{name}.lora_A.default.weight"].copy_(layer.lora_A)
             peft_params[f"base_model.model.{name}.lora_B.default.weight"].copy_(layer.lora_B)
+            if hasattr(layer, "lora_magnitude_vector"):
+                peft_params[f"base_model.model.{name}.lora_magnitude_vector.default.weight"].copy_(
+                    layer.lora_magnitude_vector)
         for name, p in ours.named_parameters():
-            if p.requires_grad and not name.endswith(("lora_A", "lora_B")):
+            if p.requires_grad and not name.endswith(("lora_A", "lora_B", "lora_magnitude_vector")):
                 module, _, leaf = name.rpartition(".")
                 owner = next(m for m in ("classifier", "bert.pooler") if module.startswith(m))
                 rest = module.removeprefix(owner)
@@ -35,10 +38,12 @@ CONFIGS = [
     LoRAConfig(r=4, alpha=8),
     LoRAConfig(r=8, alpha=16, rslora=True, target_modules=("query", "key", "value", "dense")),
     LoRAConfig(r=2, alpha=3, layers=[1], trainable=("classifier", "pooler")),
+    LoRAConfig(r=4, alpha=8, dora=True),
 ]
+IDS = ["qv", "rslora-all-linear", "layer1-pooler", "dora"]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=["qv", "rslora-all-linear", "layer1-pooler"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_same_logits_as_peft_tiny(tiny, batch, cfg):
     ours, theirs = tiny, get_peft_model(copy.deepcopy(tiny), peft_config(cfg)).eval()
     apply_lora(ours, cfg)
@@ -58,7 +63,7 @@ def test_same_logits_as_peft_minilm(minilm, batch):
     assert (minilm(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=["qv", "rslora-all-linear", "layer1-pooler"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_our_adapter_loads_in_peft(tiny, batch, tmp_path, cfg):
     base = copy.deepcopy(tiny)
     apply_lora(tiny, cfg)
@@ -77,7 +82,7 @@ def test_our_adapter_loads_in_peft_minilm(minilm, batch, tmp_path):
     assert (minilm(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=["qv", "rslora-all-linear", "layer1-pooler"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_peft_adapter_loads_in_ours(tiny, batch, tmp_path, cfg):
     theirs = get_peft_model(copy.deepcopy(tiny), peft_config(cfg)).eval()
     randomize_lora(theirs)

@@ -111,11 +111,24 @@ def test_experiment_names():
     assert experiment("lora-r8-q-upper").lora_config(6, 0.0).layers == [3, 4, 5]
     assert experiment("lora-r8-layer3").lora_config(6, 0.0).layers == [3]
     assert experiment("lora-r16").lora_config(12, 0.1).target_modules == ("query", "value")
+    assert experiment("dora-r16").lora_config(6, 0.0).dora and experiment("rslora-r4").lora_config(6, 0.0).rslora
+    assert experiment("loraplus-r16").lr_ratio_b == 16 and experiment("lora-r16").lr_ratio_b == 1
     assert experiment("full@5e-5").learning_rate(PROFILES["cpu"]) == 5e-5
     assert experiment("lora-r16").learning_rate(PROFILES["cpu"]) == PROFILES["cpu"].lr_lora
     with pytest.raises(ValueError, match="Unknown experiment 'full@fast'"):
         experiment("full@fast")
     assert suite("rank") == ["lora-r1", "lora-r4", "lora-r8", "lora-r16", "lora-r32"]
+
+
+def test_loraplus_gives_b_a_larger_learning_rate(tiny):
+    from lora_tutorial import LoRAConfig, apply_lora, lora_layers
+    from lora_tutorial.train import make_optimizer
+    apply_lora(tiny, LoRAConfig(r=2))
+    groups = make_optimizer(tiny, TrainConfig(lr=1e-3, lr_ratio_b=16)).param_groups
+    b_params = {id(layer.lora_B) for layer in lora_layers(tiny).values()}
+    [b_group] = [g for g in groups if {id(p) for p in g["params"]} == b_params]
+    assert b_group["lr"] == pytest.approx(16e-3)
+    assert all(g["lr"] == pytest.approx(1e-3) for g in groups if g is not b_group)
 
 
 def test_two_processes_match_one(learnable, tmp_path):
