@@ -99,6 +99,18 @@ def peak_rss_of_training(model_name: str, variant: str, steps: int = 3) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+def op_profile(model: nn.Module, batch: dict, steps: int = 3, top: int = 12) -> dict[str, float]:
+    """Self CPU time per training step (ms) of the most expensive operators, from ``torch.profiler``."""
+    from torch.profiler import ProfilerActivity, profile
+    step = step_fn(model, batch)
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {e.key: e.self_cpu_time_total / 1e3 / steps for e in ops}
+
+
 def logits_gap_to_peft(base: nn.Module, batch: dict, r: int = 16) -> float:
     """Max |logit difference| between our LoRA and peft's with the same A, B and head, in eval mode."""
     ours, theirs = make_variant(base, "lora", r), make_variant(base, "peft", r)
@@ -156,6 +168,7 @@ def run_benchmark(model_name: str, repeats: int = 10, batch_size: int = 32, seq_
             "inference_ms_median": {k: 1e3 * statistics.median(v) for k, v in infer.items()},
             "step_seconds": step, "inference_seconds": infer,
             "training_state_bytes": state, "peak_rss_growth_bytes": peak,
+            "op_profile_ms_per_step": {v: op_profile(models[v], batch) for v in ("full", "lora", "floor", "peft")},
             "logits_gap_to_peft": logits_gap_to_peft(base, batch),
             **environment(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 

@@ -177,5 +177,6 @@ def load_results(results: str | Path = "results", profile: str | None = None) ->
                      **{k: r[k] for k in ("trainable_params", "total_params", "lora_params",
                                           "train_seconds_per_epoch", "examples_per_second", "peak_memory_bytes",
                                           "device", "git_commit")},
+                     "adapter": str(path.parent / r["adapter"]) if r.get("adapter") else None,
                      "file": str(path)})
     return pd.DataFrame(rows)

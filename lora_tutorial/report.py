@@ -1,0 +1,50 @@
+"""From stored results to the book's tables: one place that decides what a chapter shows."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .experiments import PROFILES, suite
+from .runner import load_results, run_suite
+
+
+def study_results(suites: list[str], profile: str = "cpu", seeds: tuple[int, ...] = (0,),
+                  results: str | Path = "../results") -> tuple[pd.DataFrame, str]:
+    """Stored results of ``profile`` for the experiments of ``suites``. If none are stored, runs the
+    same suites in the smoke profile (seconds) so that the chapter still executes, and says so."""
+    names = [n for s in suites for n in suite(s, PROFILES[profile].num_layers)]
+    df = load_results(results, profile)
+    df = df[df["experiment"].isin(names)] if len(df) else df
+    if len(df):
+        missing = sorted(set(names) - set(df["experiment"]))
+        if missing:
+            print(f"Not yet run in the {profile} profile: {', '.join(missing)}. Produce them with\n"
+                  f"  python -m lora_tutorial run --profile {profile} --experiments {' '.join(missing)}")
+        return df, profile
+    print(f"No stored {profile} results for {suites}; produce them with\n"
+          f"  python -m lora_tutorial run --profile {profile} --experiments {' '.join(suites)}\n"
+          "Showing a smoke-profile run instead (a tiny random BERT: the numbers mean nothing).")
+    smoke = [n for s in suites for n in suite(s, PROFILES["smoke"].num_layers)]
+    folder = tempfile.mkdtemp()
+    run_suite("smoke", smoke, list(seeds), folder, progress=False)
+    return load_results(folder, "smoke"), "smoke"
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per experiment: accuracy mean and std over seeds, parameters, time and memory."""
+    g = df.groupby("experiment", sort=False)
+    out = pd.DataFrame({
+        "seeds": g.size(),
+        "accuracy (%)": 100 * g["validation_accuracy"].mean(),
+        "std": 100 * g["validation_accuracy"].std(ddof=1),
+        "trainable params": g["trainable_params"].first(),
+        "trainable (%)": 100 * g["trainable_params"].first() / g["total_params"].first(),
+        "s / epoch": g["train_seconds_per_epoch"].mean(),
+        "peak memory (GiB)": g["peak_memory_bytes"].mean() / 2**30,
+        "lr": g["lr"].first(),
+        "train examples": g["train_examples"].first(),
+    })
+    return out.round({"accuracy (%)": 2, "std": 2, "trainable (%)": 3, "s / epoch": 0, "peak memory (GiB)": 2})
