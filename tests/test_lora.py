@@ -193,3 +193,14 @@ def test_dora_starts_as_the_base_layer():
     base = nn.Linear(12, 7)
     x = torch.randn(3, 12)
     torch.testing.assert_close(DoRALinear(base, r=2, alpha=4)(x), base(x), atol=1e-6, rtol=1e-6)
+
+
+def test_lora_dropout_distribution():
+    from lora_tutorial.lora import LoRADropout
+    torch.manual_seed(0)
+    drop, x = LoRADropout(0.1).train(), torch.ones(1_000_000)
+    y = drop(x)
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.002  # P(drop) = p
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))  # survivors scaled by 1 / (1 - p)
+    assert abs(y.mean().item() - 1) < 0.003  # unbiased
+    assert torch.equal(drop.eval()(x), x)
