@@ -88,13 +88,24 @@ def median_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
 
 
 def peak_rss_of_training(model_name: str, variant: str, steps: int = 3) -> int:
-    """Bytes by which the peak RSS of a fresh process grows from loading the model through training
-    ``steps`` steps (a separate process, so variants cannot inherit each other's peaks)."""
-    code = ("import resource, psutil; from lora_tutorial import bench; "
-            "rss0 = psutil.Process().memory_info().rss; "
-            f"m = bench.make_variant(bench.load_model({model_name!r}), {variant!r}); "
-            f"s = bench.step_fn(m, bench.make_batch()); [s() for _ in range({steps})]; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0)")
+    """Peak resident memory of training, in bytes above the bare interpreter: measured in a fresh
+    process (so variants cannot inherit each other's peaks), with the kernel's peak counter reset
+    after the model is loaded (so loading's transient peak does not count)."""
+    code = f"""
+import gc, psutil, torch
+from lora_tutorial import bench
+rss0 = psutil.Process().memory_info().rss
+base = bench.load_model({model_name!r})
+model = bench.make_variant(base, {variant!r})
+del base
+gc.collect()
+step = bench.step_fn(model, bench.make_batch())
+open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM, the peak RSS
+for _ in range({steps}):
+    step()
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(hwm * 1024 - rss0)
+"""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -167,7 +178,7 @@ def run_benchmark(model_name: str, repeats: int = 10, batch_size: int = 32, seq_
             "step_ms_median": {k: 1e3 * statistics.median(v) for k, v in step.items()},
             "inference_ms_median": {k: 1e3 * statistics.median(v) for k, v in infer.items()},
             "step_seconds": step, "inference_seconds": infer,
-            "training_state_bytes": state, "peak_rss_growth_bytes": peak,
+            "training_state_bytes": state, "peak_training_rss_bytes": peak,
             "op_profile_ms_per_step": {v: op_profile(models[v], batch) for v in ("full", "lora", "floor", "peft")},
             "logits_gap_to_peft": logits_gap_to_peft(base, batch),
             **environment(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -1,4 +1,5 @@
 import copy
+import random
 
 import pytest
 from transformers.utils import logging
@@ -35,3 +36,22 @@ def batch():
     tok = load_tokenizer("minilm")
     return dict(tok(["a gripping, funny film", "dull and far too long to sit through", "fine"],
                     padding=True, return_tensors="pt"))
+
+
+POS, NEG = ["good", "great", "superb", "lovely", "moving"], ["bad", "awful", "dull", "boring", "poor"]
+FILLER = ["the", "film", "a", "plot", "was", "acting", "very", "story", "its", "and"]
+
+
+@pytest.fixture(scope="session")
+def learnable(tmp_path_factory):
+    """A sentiment task a tiny model can learn in seconds: the label is which word list appears."""
+    rng, folder = random.Random(0), tmp_path_factory.mktemp("toy")
+    for split, n in (("train", 1024), ("validation", 256)):
+        lines = ["sentence\tlabel"]
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            words = rng.choices(FILLER, k=rng.randint(3, 12)) + [rng.choice(POS if label else NEG)]
+            rng.shuffle(words)
+            lines.append(f"{' '.join(words)}\t{label}")
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return folder

@@ -1,7 +1,6 @@
 """The experiment runner: learning, determinism, resume after a kill, result schema, 2 processes."""
 
 import json
-import random
 import subprocess
 import sys
 
@@ -11,25 +10,6 @@ import torch
 from lora_tutorial import runner
 from lora_tutorial.experiments import PROFILES, experiment, suite
 from lora_tutorial.train import TrainConfig, train
-
-POS, NEG = ["good", "great", "superb", "lovely", "moving"], ["bad", "awful", "dull", "boring", "poor"]
-FILLER = ["the", "film", "a", "plot", "was", "acting", "very", "story", "its", "and"]
-
-
-@pytest.fixture(scope="module")
-def learnable(tmp_path_factory):
-    """A sentiment task a tiny model can learn in seconds: the label is which word list appears."""
-    rng, folder = random.Random(0), tmp_path_factory.mktemp("toy")
-    for split, n in (("train", 1024), ("validation", 256)):
-        lines = ["sentence\tlabel"]
-        for _ in range(n):
-            label = rng.randint(0, 1)
-            words = rng.choices(FILLER, k=rng.randint(3, 12)) + [rng.choice(POS if label else NEG)]
-            rng.shuffle(words)
-            lines.append(f"{' '.join(words)}\t{label}")
-        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    return folder
-
 
 def test_smoke_run_learns_and_records_schema(learnable, tmp_path):
     [record] = runner.run_suite("smoke", ["full"], [0], tmp_path, learnable, progress=False)

@@ -1,0 +1,21 @@
+"""The study chapters' data source: stored results when complete, else a labelled smoke run."""
+
+from lora_tutorial import runner
+from lora_tutorial.report import study_results, summarize
+
+
+def test_stored_results_are_used_and_summarized(learnable, tmp_path, monkeypatch):
+    runner.run_suite("smoke", ["full", "lora-r16"], [0, 1], tmp_path, learnable, progress=False)
+    df, shown = study_results(["headline"], "smoke", results=tmp_path, require=("full", "lora-r16"))
+    assert shown == "smoke" and len(df) == 4
+    table = summarize(df)
+    assert list(table.index) == ["full", "lora-r16"] and (table["seeds"] == 2).all()
+    assert table.loc["full", "accuracy (%)"] == round(100 * df[df.experiment == "full"].validation_accuracy.mean(), 2)
+    assert table.loc["lora-r16", "std"] >= 0 and table.loc["full", "trainable (%)"] == 100
+
+
+def test_missing_results_fall_back_to_a_smoke_run(learnable, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LORA_TUTORIAL_SST2", str(learnable))
+    df, shown = study_results(["headline"], "cpu", results=tmp_path)
+    assert shown == "smoke" and set(df["experiment"]) == {"full", "lora-r16"}
+    assert "No stored cpu results" in capsys.readouterr().out
