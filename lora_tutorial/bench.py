@@ -197,6 +197,44 @@ def goal_report(ratios: dict[str, float], model: str) -> dict[str, dict]:
                   "missed_by": max(0.0, ratios[key] - goal)} for key, goal in goals(model).items()}
 
 
+def padding_benchmark(model_name: str = "minilm", batch_size: int = 32, batches: int = 24,
+                      data_source: str | None = None) -> dict:
+    """Padding in SST-2 training batches, random vs length-grouped, and its effect on epoch time:
+    LoRA training steps on the first ``batches`` batches of each scheme, interleaved. An epoch has
+    the same number of batches either way, so the ratio of mean step times is the epoch-time ratio."""
+    from transformers import DataCollatorWithPadding
+
+    from .data import LengthGroupedBatches, load_sst2, padding_fraction, random_batches, tokenize
+    from .models import load_tokenizer
+    from .runner import environment
+    tokenizer = load_tokenizer(model_name)
+    train = tokenize(load_sst2(data_source), tokenizer)["train"]
+    lengths = train["length"]
+    schemes = {"random": random_batches(len(lengths), batch_size),
+               "grouped": list(LengthGroupedBatches(lengths, batch_size))}
+    collate = DataCollatorWithPadding(tokenizer)
+    columns = train.remove_columns("length").rename_column("label", "labels")
+    model = make_variant(load_model(model_name), "lora")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    times: dict[str, list[float]] = {k: [] for k in schemes}
+    for i in range(batches + 2):
+        for name, scheme in schemes.items():
+            batch = collate([columns[j] for j in scheme[i]])
+            start = time.perf_counter()
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i >= 2:  # warm-up excluded
+                times[name].append(time.perf_counter() - start)
+    fractions = {k: padding_fraction(lengths, iter(v)) for k, v in schemes.items()}
+    return {"model": model_name, "batch_size": batch_size, "batches_timed": batches,
+            "padding_fraction": fractions,
+            "ratios": {"grouped_over_random_epoch_time": statistics.mean(times["grouped"]) / statistics.mean(times["random"]),
+                       "grouped_over_random_tokens": (1 - fractions["random"]) / (1 - fractions["grouped"])},
+            "step_seconds": times, **environment(),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
 def main(models: list[str], repeats: int, out: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     records = []

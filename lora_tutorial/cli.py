@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--models", nargs="+", default=["minilm", "bert-base-random"])
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--out", default="results/bench")
+    bench.add_argument("--padding", action="store_true",
+                       help="instead: padding of random vs length-grouped SST-2 batches and its effect on epoch time")
+    bench.add_argument("--data", default=None, help="SST-2 folder or 'hub' (default: $LORA_TUTORIAL_SST2, else the Hub)")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -53,8 +56,14 @@ def main(argv: list[str] | None = None) -> None:
                   f"accuracy {r['metrics']['validation_accuracy']:.4f}, "
                   f"{r['train_seconds_per_epoch']:.1f} s/epoch")
     elif args.command == "bench":
-        from .bench import main as bench_main
-        bench_main(args.models, args.repeats, Path(args.out))
+        from .bench import main as bench_main, padding_benchmark
+        if args.padding:
+            record = padding_benchmark(args.models[0], data_source=args.data)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / f"padding-{args.models[0]}.json").write_text(json.dumps(record, indent=1))
+            print(json.dumps(record["padding_fraction"] | record["ratios"], indent=1))
+        else:
+            bench_main(args.models, args.repeats, Path(args.out))
     elif args.command == "results":
         print(load_results(args.results, args.profile).drop(columns=["file"]).to_string())
     else:
