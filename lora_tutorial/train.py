@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 20
     progress: bool = True
+    mixed_precision: str = "auto"   # "auto": bf16 autocast on CUDA, fp32 elsewhere; or "no" / "bf16"
 
 
 @dataclass
@@ -141,7 +142,8 @@ def train(model: nn.Module, data: DatasetDict, tokenizer: PreTrainedTokenizerBas
     cuda = torch.cuda.is_available()
     distributed_state()
     # split_batches: each batch is cut across processes, so N processes train exactly like one.
-    accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda,
+    precision = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     train_loader, val_loader = make_loaders(data, tokenizer, cfg)
     optimizer = make_optimizer(model, cfg)
