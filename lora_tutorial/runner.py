@@ -84,6 +84,7 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
         data = DatasetDict(train=data["train"].shuffle(seed=0).select(range(profile.ablation_train_limit)),
                            validation=data["validation"])
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    env = environment()  # the code as it was when the run started
     model = build(profile, exp, seed)
     params = count_parameters(model)
     cfg = TrainConfig(lr=exp.learning_rate(profile), lr_ratio_b=exp.lr_ratio_b, epochs=profile.epochs, batch_size=profile.batch_size, seed=seed, progress=progress)
@@ -106,7 +107,7 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
         "peak_memory_bytes": out.peak_memory_bytes, "padding_fraction": out.padding_fraction,
         "padding_fraction_random": out.padding_fraction_random, "settings": run_settings(profile, exp),
         "device": out.device, "mixed_precision": out.mixed_precision, "num_processes": out.num_processes,
-        **environment(), "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **env, "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if distributed_state().is_main_process:
         path = result_path(results, profile.name, name, seed)
