@@ -80,9 +80,14 @@ def test_nan_loss_stops_with_clear_error(learnable):
 
 def test_bf16_autocast_path_runs_on_cpu(learnable):
     """The GPU path's bf16 autocast, exercised on the CPU (Accelerate autocasts there too)."""
+    from accelerate.state import AcceleratorState
     data, tokenizer = runner.prepare_data(PROFILES["smoke"], learnable)
     model = runner.build(PROFILES["smoke"], experiment("full"), 0)
-    out = train(model, data, tokenizer, TrainConfig(lr=1e-3, epochs=2, progress=False, mixed_precision="bf16"))
+    AcceleratorState._reset_state(reset_partial_state=True)  # the process-wide state was set to fp32
+    try:
+        out = train(model, data, tokenizer, TrainConfig(lr=1e-3, epochs=2, progress=False, mixed_precision="bf16"))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     assert out.mixed_precision == "bf16" and out.validation_accuracy >= 0.8
     assert next(model.parameters()).dtype == torch.float32  # master weights stay fp32
 
