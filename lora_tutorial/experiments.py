@@ -63,7 +63,7 @@ class Experiment:
 
     @property
     def lr_ratio_b(self) -> float:
-        """LoRA+ (Hayou et al., 2024): B's learning rate over A's."""
+        """B's learning rate over A's (LoRA+, Hayou et al., 2024)."""
         return LORAPLUS_RATIO if self.variant == "loraplus" else 1.0
 
     def learning_rate(self, profile: Profile) -> float:
