@@ -20,7 +20,7 @@ from datasets import DatasetDict
 from .adapter_io import save_adapter
 from .data import load_sst2, tokenize
 from .experiments import HEAD, PROFILES, Experiment, Profile, experiment
-from .lora import apply_lora, num_layers
+from .lora import apply_lora, num_layers, train_only
 from .models import load_model, load_tokenizer
 from .params import count_parameters
 from .train import TrainConfig, distributed_state, train
@@ -67,10 +67,7 @@ def build(profile: Profile, exp: Experiment, seed: int):
     """The model for an experiment, with the right parts trainable."""
     model = load_model(profile.model, seed=seed)
     if exp.method == "head":
-        model.requires_grad_(False)
-        for name, module in model.named_modules():
-            if name.rsplit(".", 1)[-1] in HEAD:
-                module.requires_grad_(True)
+        train_only(model, HEAD)
     elif exp.method == "lora":
         apply_lora(model, exp.lora_config(num_layers(model), profile.lora_dropout))
     return model
