@@ -31,7 +31,7 @@ class Profile:
     train_limit: int | None = None   # None: the full SST-2 training split
     eval_limit: int | None = None    # None: the full validation split
     lora_dropout: float = 0.1
-    ablation_train_limit: int | None = None  # smaller fixed budget for layer/module ablations
+    ablation_train_limit: int | None = None  # smaller fixed budget for ablations (names with -target/-layers)
 
 
 # The cpu learning rates were chosen on the validation split with the cpu-tune profile (see results/cpu-tune):
@@ -60,6 +60,7 @@ class Experiment:
     layers: str = "all"   # "all", "lower", "upper" or a single layer index as a string
     lr: float | None = None  # overrides the profile's learning rate for this method
     variant: str = "lora"    # "lora", "rslora" (alpha/sqrt(r)), "dora" or "loraplus" (B learns 16x faster)
+    ablation: bool = False   # named with a target or layers part: trains on the profile's ablation budget
 
     @property
     def lr_ratio_b(self) -> float:
@@ -68,10 +69,6 @@ class Experiment:
 
     def learning_rate(self, profile: Profile) -> float:
         return self.lr if self.lr is not None else getattr(profile, f"lr_{self.method}")
-
-    @property
-    def is_ablation(self) -> bool:
-        return self.method == "lora" and (self.layers != "all" or self.target != "qv")
 
     def lora_config(self, num_layers: int, dropout: float) -> LoRAConfig:
         """The LoRAConfig for a model with ``num_layers`` layers (alpha = 2r: the scaling stays 2)."""
@@ -89,7 +86,9 @@ _NAME = re.compile(r"(lora|rslora|dora|loraplus)-r(\d+)(?:-(q|v|qv|qkvo|qkvo-ffn
 def experiment(name: str) -> Experiment:
     """Parse an experiment name: ``full``, ``head``, ``lora-r16`` (``rslora-r16``, ``dora-r16``, ``loraplus-r16``), ``lora-r8-qkvo``, ``lora-r8-lower``,
     ``lora-r8-upper``, ``lora-r8-layer3`` (target and layers may be combined: ``lora-r8-q-upper``).
-    A suffix ``@<lr>`` overrides the profile's learning rate: ``lora-r16@2e-3``, ``full@5e-5``."""
+    A suffix ``@<lr>`` overrides the profile's learning rate: ``lora-r16@2e-3``, ``full@5e-5``.
+    A name with a target or layers part is an ablation and trains on the profile's ablation budget:
+    ``lora-r8-qv`` is ``lora-r8`` on that budget."""
     base, _, lr_text = name.partition("@")
     try:
         lr = float(lr_text) if lr_text else None
@@ -103,7 +102,8 @@ def experiment(name: str) -> Experiment:
     if base in ("full", "head"):
         return Experiment(name, base, lr=lr)
     variant, r, target, layers = m.group(1), int(m.group(2)), m.group(3) or "qv", m.group(4) or "all"
-    return Experiment(name, "lora", r=r, target=target, layers=layers.removeprefix("layer"), lr=lr, variant=variant)
+    return Experiment(name, "lora", r=r, target=target, layers=layers.removeprefix("layer"), lr=lr, variant=variant,
+                      ablation=bool(m.group(3) or m.group(4)))
 
 
 def suite(name: str, num_layers: int = 6) -> list[str]:
@@ -111,9 +111,9 @@ def suite(name: str, num_layers: int = 6) -> list[str]:
     suites = {
         "headline": ["full", "lora-r16"],
         "rank": [f"lora-r{r}" for r in RANKS],
-        "layers": ["lora-r8-lower", "lora-r8-upper"] + [f"lora-r8-layer{i}" for i in range(num_layers)],
+        "layers": ["lora-r8-qv", "lora-r8-lower", "lora-r8-upper"] + [f"lora-r8-layer{i}" for i in range(num_layers)],
         "modules": [f"lora-r8-{t}" for t in MODULE_SETS],
-        "variants": [f"{v}-r16" for v in ("rslora", "dora", "loraplus")],
+        "variants": [f"{v}-r16-qv" for v in ("lora", "rslora", "dora", "loraplus")],  # on the ablation budget
     }
     if name == "all":
         return list(dict.fromkeys(["head"] + [e for s in suites.values() for e in s]))

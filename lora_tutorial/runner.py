@@ -77,7 +77,7 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
             progress: bool = True) -> dict:
     """Train and evaluate one experiment; write its JSON (and adapter) on the main process."""
     exp = experiment(name)
-    if exp.is_ablation and profile.ablation_train_limit and profile.ablation_train_limit < len(data["train"]):
+    if exp.ablation and profile.ablation_train_limit and profile.ablation_train_limit < len(data["train"]):
         data = DatasetDict(train=data["train"].shuffle(seed=0).select(range(profile.ablation_train_limit)),
                            validation=data["validation"])
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,6 +23,14 @@ def test_smoke_run_learns_and_records_schema(learnable, tmp_path):
     assert len(record["metrics"]["history"]) == PROFILES["smoke"].epochs
     assert record["trainable_params"] == record["total_params"] and record["peak_memory_bytes"] > 0
     assert json.loads((tmp_path / "smoke" / "full__seed0.json").read_text()) == record
+
+
+def test_ablations_train_on_the_ablation_budget(learnable, tmp_path, monkeypatch):
+    monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], ablation_train_limit=128, epochs=1))
+    full, ablation = runner.run_suite("smoke", ["lora-r2", "lora-r2-qv"], [0], tmp_path, learnable, progress=False)
+    assert full["config"]["train_examples"] == 1024 and ablation["config"]["train_examples"] == 128
+    assert not experiment("lora-r8").ablation and experiment("lora-r8-qv").ablation
+    assert experiment("lora-r8-qv").lora_config(6, 0.0) == experiment("lora-r8").lora_config(6, 0.0)
 
 
 def test_lora_run_saves_a_loadable_adapter(learnable, tmp_path):
