@@ -8,7 +8,7 @@ import platform
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -137,6 +137,36 @@ def is_done(path: Path, profile: Profile) -> bool:
     return False
 
 
+def same_run(a: str, b: str, profile: Profile) -> bool:
+    """Whether two experiment names describe the same run in ``profile`` (``full@2e-4`` is ``full``
+    when the profile's full fine-tuning rate is 2e-4)."""
+    ea, eb = experiment(a), experiment(b)
+    return (replace(ea, name="", lr=None) == replace(eb, name="", lr=None)
+            and ea.learning_rate(profile) == eb.learning_rate(profile))
+
+
+def find_result(results: Path, profile: Profile, name: str, seed: int) -> Path | None:
+    """The stored, up-to-date result of this run, under its own name or an equivalent one."""
+    path = result_path(results, profile.name, name, seed)
+    if is_done(path, profile):
+        return path
+    for other in (Path(results) / profile.name).glob(f"{name.partition('@')[0]}@*__seed{seed}.json"):
+        if same_run(other.stem.rsplit("__", 1)[0], name, profile) and is_done(other, profile):
+            return other
+    if "@" in name and same_run(name.partition("@")[0], name, profile):
+        plain = result_path(results, profile.name, name.partition("@")[0], seed)
+        return plain if is_done(plain, profile) else None
+    return None
+
+
+def canonical_name(name: str, lr: float, profile: Profile) -> str:
+    """A stored run's name for the profile as it is now: ``@lr`` only where the rate is not the profile's."""
+    base = name.partition("@")[0]
+    if lr == experiment(base).learning_rate(profile):
+        return base
+    return name if "@" in name else f"{base}@{lr:g}"
+
+
 def write_json_atomic(path: Path, record: dict) -> None:
     """Write to a temporary file, then rename: a reader never sees half a result."""
     tmp = path.with_name(path.name + ".tmp")
@@ -152,7 +182,7 @@ def run_suite(profile: str, names: list[str], seeds: list[int], results: str | P
     prof, results = PROFILES[profile], Path(results)
     for name in names:
         experiment(name)  # fail on a bad name before any training
-    todo = [(n, s) for n in names for s in seeds if force or not is_done(result_path(results, profile, n, s), prof)]
+    todo = [(n, s) for n in names for s in seeds if force or not find_result(results, prof, n, s)]
     for stale in (results / profile).glob("*.tmp") if distributed_state().is_main_process else ():
         stale.unlink()  # left by a run that was killed mid-write
     if todo:
@@ -161,16 +191,19 @@ def run_suite(profile: str, names: list[str], seeds: list[int], results: str | P
             if progress:
                 print(f"[{i}/{len(todo)}] {profile}: {name} seed {seed}", file=sys.stderr, flush=True)
             run_one(prof, name, seed, data, tokenizer, results, progress)
-    return [json.loads(result_path(results, profile, n, s).read_text()) for n in names for s in seeds]
+    return [json.loads(find_result(results, prof, n, s).read_text()) for n in names for s in seeds]
 
 
 def load_results(results: str | Path = "results", profile: str | None = None) -> pd.DataFrame:
-    """All stored results as one DataFrame (a row per run; config and main metrics as columns)."""
+    """All stored results as one DataFrame (a row per run; config and main metrics as columns).
+    A run's ``experiment`` is named for the profile as it is now (see :func:`canonical_name`)."""
     rows = []
     for path in sorted(Path(results).glob(f"{profile or '*'}/*.json")):
         r = json.loads(path.read_text())
+        lr, prof = r["config"]["hyperparameters"]["lr"], PROFILES.get(r["config"]["profile"])
+        name = canonical_name(r["config"]["experiment"], lr, prof) if prof else r["config"]["experiment"]
         rows.append({**{k: v for k, v in r["config"].items() if k != "hyperparameters"},
-                     "lr": r["config"]["hyperparameters"]["lr"],
+                     "experiment": name, "lr": lr,
                      "validation_accuracy": r["metrics"]["validation_accuracy"],
                      **{k: r[k] for k in ("trainable_params", "total_params", "lora_params",
                                           "train_seconds_per_epoch", "examples_per_second", "peak_memory_bytes",
