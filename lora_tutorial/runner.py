@@ -84,7 +84,7 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
     env = environment()  # the code as it was when the run started
     model = build(profile, exp, seed)
     params = count_parameters(model)
-    cfg = TrainConfig(lr=exp.learning_rate(profile), lr_ratio_b=exp.lr_ratio_b, epochs=profile.epochs, batch_size=profile.batch_size, seed=seed, progress=progress)
+    cfg = TrainConfig(lr=exp.learning_rate(profile), lr_ratio_b=exp.lr_ratio_b, epochs=exp.epochs(profile), batch_size=profile.batch_size, seed=seed, progress=progress)
     lora = getattr(model, "lora_config", None)
     out = train(model, data, tokenizer, cfg)
     record = {
@@ -123,8 +123,9 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
 
 
 def run_settings(profile: Profile, exp: Experiment) -> dict:
-    """The profile settings a run depends on (only its own method's learning rate)."""
-    return {k: v for k, v in asdict(profile).items() if not k.startswith("lr_")} | {"lr": exp.learning_rate(profile)}
+    """The profile settings a run depends on (only its own method's learning rate and epochs)."""
+    return ({k: v for k, v in asdict(profile).items() if not k.startswith("lr_") and k != "lora_epochs"}
+            | {"lr": exp.learning_rate(profile), "epochs": exp.epochs(profile)})
 
 
 def is_done(path: Path, profile: Profile) -> bool:
