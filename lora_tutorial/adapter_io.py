@@ -38,6 +38,27 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             if p.requires_grad or n.rsplit(".", 1)[-1] in ("lora_A", "lora_B")}
 
 
+def copy_to_peft(model: nn.Module, peft_model: nn.Module) -> nn.Module:
+    """Copy our adapter (A, B, DoRA magnitudes, trainable modules) into a peft model built from the
+    same base and config, so that the two compute the same function; returns ``peft_model``."""
+    theirs = dict(peft_model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in adapter_state_dict(model).items():
+            module, leaf = name.rsplit(".", 1)
+            if leaf in ("lora_A", "lora_B", "lora_magnitude_vector"):  # peft: one adapter per name, "default"
+                keys = [f"{PREFIX}{module}.{leaf}.default.weight"]
+            else:  # peft trains a copy of each module in modules_to_save
+                parts = module.split(".")
+                keys = [f"{PREFIX}{'.'.join(parts[:i])}.modules_to_save.default.{'.'.join(parts[i:] + [leaf])}"
+                        for i in range(1, len(parts) + 1)] + [PREFIX + name]
+            key = next((k for k in keys if k in theirs), None)
+            if key is None:
+                raise ValueError(f"The peft model has no parameter for our {name!r}; build it with the same "
+                                 "target_modules, layers and modules_to_save.")
+            theirs[key].copy_(tensor)
+    return peft_model
+
+
 def save_adapter(model: nn.Module, path: str | Path, task_type: str = "SEQ_CLS") -> Path:
     """Write the adapter of a LoRA-adapted model to folder ``path`` in peft's format."""
     config: LoRAConfig | None = getattr(model, "lora_config", None)

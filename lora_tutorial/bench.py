@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .lora import LoRAConfig, apply_lora, lora_layers, merge_lora
+from .adapter_io import copy_to_peft
+from .lora import LoRAConfig, apply_lora, lora_layers, merge_lora, train_only
 from .memory import training_state_bytes
 from .models import load_model
 
@@ -41,8 +42,7 @@ def make_variant(base: nn.Module, variant: str, r: int = 16, dropout: float = 0.
         apply_lora(model, LoRAConfig(r=r, alpha=2 * r, dropout=0.0 if variant == "lora_nodropout" else dropout,
                                      layers=list(range(layers // 2, layers)) if variant == "lora_upper" else None))
         return model
-    model.requires_grad_(False)
-    model.classifier.requires_grad_(True)
+    train_only(model, ("classifier",))
     if variant == "floor":  # frozen, but the gradient still flows back through every layer to the embeddings
         model.get_input_embeddings().register_forward_hook(lambda module, inputs, out: out.requires_grad_(True))
     elif variant != "head_only":
@@ -125,12 +125,10 @@ def op_profile(model: nn.Module, batch: dict, steps: int = 3, top: int = 12) -> 
 def logits_gap_to_peft(base: nn.Module, batch: dict, r: int = 16) -> float:
     """Max |logit difference| between our LoRA and peft's with the same A, B and head, in eval mode."""
     ours, theirs = make_variant(base, "lora", r), make_variant(base, "peft", r)
-    params = dict(theirs.named_parameters())
     with torch.no_grad():
-        for name, layer in lora_layers(ours).items():
+        for layer in lora_layers(ours).values():
             layer.lora_B.normal_(std=0.02)
-            params[f"base_model.model.{name}.lora_A.default.weight"].copy_(layer.lora_A)
-            params[f"base_model.model.{name}.lora_B.default.weight"].copy_(layer.lora_B)
+        copy_to_peft(ours, theirs)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return (ours.eval()(**inputs).logits - theirs.eval()(**inputs).logits).abs().max().item()
 

@@ -32,6 +32,7 @@ class Profile:
     eval_limit: int | None = None    # None: the full validation split
     lora_dropout: float = 0.1
     ablation_train_limit: int | None = None  # smaller fixed budget for ablations (names with -target/-layers)
+    lora_epochs: int | None = None  # epochs of the LoRA runs on the full budget (None: epochs); ablations train epochs
 
 
 # The cpu learning rates were chosen on the validation split with the cpu-tune profile (see results/cpu-tune):
@@ -66,6 +67,10 @@ class Experiment:
     def lr_ratio_b(self) -> float:
         """B's learning rate over A's (LoRA+, Hayou et al., 2024)."""
         return LORAPLUS_RATIO if self.variant == "loraplus" else 1.0
+
+    def epochs(self, profile: Profile) -> int:
+        longer = self.method == "lora" and not self.ablation and profile.lora_epochs
+        return profile.lora_epochs if longer else profile.epochs
 
     def learning_rate(self, profile: Profile) -> float:
         return self.lr if self.lr is not None else getattr(profile, f"lr_{self.method}")

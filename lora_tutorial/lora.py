@@ -145,6 +145,15 @@ def _matches(name: str, keys: tuple[str, ...]) -> bool:
     return any(name == k or name.endswith(f".{k}") for k in keys)
 
 
+def train_only(model: nn.Module, names: tuple[str, ...]) -> nn.Module:
+    """Freeze ``model`` except the modules matching ``names`` (e.g. the head, for head-only training)."""
+    model.requires_grad_(False)
+    for name, m in model.named_modules():
+        if _matches(name, names):
+            m.requires_grad_(True)
+    return model
+
+
 def num_layers(model: nn.Module) -> int:
     """How many encoder layers the model has."""
     n = getattr(getattr(model, "config", None), "num_hidden_layers", None)

@@ -8,7 +8,7 @@ import platform
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,7 +20,7 @@ from datasets import DatasetDict
 from .adapter_io import save_adapter
 from .data import load_sst2, tokenize
 from .experiments import HEAD, PROFILES, Experiment, Profile, experiment
-from .lora import apply_lora, num_layers
+from .lora import apply_lora, num_layers, train_only
 from .models import load_model, load_tokenizer
 from .params import count_parameters
 from .train import TrainConfig, distributed_state, train
@@ -67,10 +67,7 @@ def build(profile: Profile, exp: Experiment, seed: int):
     """The model for an experiment, with the right parts trainable."""
     model = load_model(profile.model, seed=seed)
     if exp.method == "head":
-        model.requires_grad_(False)
-        for name, module in model.named_modules():
-            if name.rsplit(".", 1)[-1] in HEAD:
-                module.requires_grad_(True)
+        train_only(model, HEAD)
     elif exp.method == "lora":
         apply_lora(model, exp.lora_config(num_layers(model), profile.lora_dropout))
     return model
@@ -87,7 +84,7 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
     env = environment()  # the code as it was when the run started
     model = build(profile, exp, seed)
     params = count_parameters(model)
-    cfg = TrainConfig(lr=exp.learning_rate(profile), lr_ratio_b=exp.lr_ratio_b, epochs=profile.epochs, batch_size=profile.batch_size, seed=seed, progress=progress)
+    cfg = TrainConfig(lr=exp.learning_rate(profile), lr_ratio_b=exp.lr_ratio_b, epochs=exp.epochs(profile), batch_size=profile.batch_size, seed=seed, progress=progress)
     lora = getattr(model, "lora_config", None)
     out = train(model, data, tokenizer, cfg)
     record = {
@@ -126,8 +123,9 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
 
 
 def run_settings(profile: Profile, exp: Experiment) -> dict:
-    """The profile settings a run depends on (only its own method's learning rate)."""
-    return {k: v for k, v in asdict(profile).items() if not k.startswith("lr_")} | {"lr": exp.learning_rate(profile)}
+    """The profile settings a run depends on (only its own method's learning rate and epochs)."""
+    return ({k: v for k, v in asdict(profile).items() if not k.startswith("lr_") and k != "lora_epochs"}
+            | {"lr": exp.learning_rate(profile), "epochs": exp.epochs(profile)})
 
 
 def is_done(path: Path, profile: Profile) -> bool:
@@ -138,6 +136,36 @@ def is_done(path: Path, profile: Profile) -> bool:
         return True
     print(f"{path} was made with other {profile.name} settings; running it again.", file=sys.stderr)
     return False
+
+
+def same_run(a: str, b: str, profile: Profile) -> bool:
+    """Whether two experiment names describe the same run in ``profile`` (``full@2e-4`` is ``full``
+    when the profile's full fine-tuning rate is 2e-4)."""
+    ea, eb = experiment(a), experiment(b)
+    return (replace(ea, name="", lr=None) == replace(eb, name="", lr=None)
+            and ea.learning_rate(profile) == eb.learning_rate(profile))
+
+
+def find_result(results: Path, profile: Profile, name: str, seed: int) -> Path | None:
+    """The stored, up-to-date result of this run, under its own name or an equivalent one."""
+    path = result_path(results, profile.name, name, seed)
+    if is_done(path, profile):
+        return path
+    for other in (Path(results) / profile.name).glob(f"{name.partition('@')[0]}@*__seed{seed}.json"):
+        if same_run(other.stem.rsplit("__", 1)[0], name, profile) and is_done(other, profile):
+            return other
+    if "@" in name and same_run(name.partition("@")[0], name, profile):
+        plain = result_path(results, profile.name, name.partition("@")[0], seed)
+        return plain if is_done(plain, profile) else None
+    return None
+
+
+def canonical_name(name: str, lr: float, profile: Profile) -> str:
+    """A stored run's name for the profile as it is now: ``@lr`` only where the rate is not the profile's."""
+    base = name.partition("@")[0]
+    if lr == experiment(base).learning_rate(profile):
+        return base
+    return name if "@" in name else f"{base}@{lr:g}"
 
 
 def write_json_atomic(path: Path, record: dict) -> None:
@@ -155,7 +183,7 @@ def run_suite(profile: str, names: list[str], seeds: list[int], results: str | P
     prof, results = PROFILES[profile], Path(results)
     for name in names:
         experiment(name)  # fail on a bad name before any training
-    todo = [(n, s) for n in names for s in seeds if force or not is_done(result_path(results, profile, n, s), prof)]
+    todo = [(n, s) for n in names for s in seeds if force or not find_result(results, prof, n, s)]
     for stale in (results / profile).glob("*.tmp") if distributed_state().is_main_process else ():
         stale.unlink()  # left by a run that was killed mid-write
     if todo:
@@ -164,16 +192,19 @@ def run_suite(profile: str, names: list[str], seeds: list[int], results: str | P
             if progress:
                 print(f"[{i}/{len(todo)}] {profile}: {name} seed {seed}", file=sys.stderr, flush=True)
             run_one(prof, name, seed, data, tokenizer, results, progress)
-    return [json.loads(result_path(results, profile, n, s).read_text()) for n in names for s in seeds]
+    return [json.loads(find_result(results, prof, n, s).read_text()) for n in names for s in seeds]
 
 
 def load_results(results: str | Path = "results", profile: str | None = None) -> pd.DataFrame:
-    """All stored results as one DataFrame (a row per run; config and main metrics as columns)."""
+    """All stored results as one DataFrame (a row per run; config and main metrics as columns).
+    A run's ``experiment`` is named for the profile as it is now (see :func:`canonical_name`)."""
     rows = []
     for path in sorted(Path(results).glob(f"{profile or '*'}/*.json")):
         r = json.loads(path.read_text())
+        lr, prof = r["config"]["hyperparameters"]["lr"], PROFILES.get(r["config"]["profile"])
+        name = canonical_name(r["config"]["experiment"], lr, prof) if prof else r["config"]["experiment"]
         rows.append({**{k: v for k, v in r["config"].items() if k != "hyperparameters"},
-                     "lr": r["config"]["hyperparameters"]["lr"],
+                     "experiment": name, "lr": lr,
                      "validation_accuracy": r["metrics"]["validation_accuracy"],
                      **{k: r[k] for k in ("trainable_params", "total_params", "lora_params",
                                           "train_seconds_per_epoch", "examples_per_second", "peak_memory_bytes",

@@ -7,31 +7,13 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from helpers import randomize_lora
-from lora_tutorial import LoRAConfig, apply_lora, load_adapter, lora_layers, read_adapter_config, save_adapter
+from lora_tutorial import LoRAConfig, apply_lora, copy_to_peft, load_adapter, lora_layers, read_adapter_config, save_adapter
 
 
 def peft_config(cfg: LoRAConfig) -> LoraConfig:
     return LoraConfig(task_type="SEQ_CLS", r=cfg.r, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules),
                       layers_to_transform=cfg.layers, layers_pattern="layer" if cfg.layers else None,
                       use_rslora=cfg.rslora, use_dora=cfg.dora, modules_to_save=[m for m in cfg.trainable if m != "classifier"] or None)
-
-
-def copy_ours_into_peft(ours, peft_model):
-    """Give peft's model our A, B and head, so that the two should compute the same function."""
-    peft_params = dict(peft_model.named_parameters())
-    with torch.no_grad():
-        for name, layer in lora_layers(ours).items():
-            peft_params[f"base_model.model.{name}.lora_A.default.weight"].copy_(layer.lora_A)
-            peft_params[f"base_model.model.{name}.lora_B.default.weight"].copy_(layer.lora_B)
-            if hasattr(layer, "lora_magnitude_vector"):
-                peft_params[f"base_model.model.{name}.lora_magnitude_vector.default.weight"].copy_(
-                    layer.lora_magnitude_vector)
-        for name, p in ours.named_parameters():
-            if p.requires_grad and not name.endswith(("lora_A", "lora_B", "lora_magnitude_vector")):
-                module, _, leaf = name.rpartition(".")
-                owner = next(m for m in ("classifier", "bert.pooler") if module.startswith(m))
-                rest = module.removeprefix(owner)
-                peft_params[f"base_model.model.{owner}.modules_to_save.default{rest}.{leaf}"].copy_(p)
 
 
 CONFIGS = [
@@ -48,7 +30,7 @@ def test_same_logits_as_peft_tiny(tiny, batch, cfg):
     ours, theirs = tiny, get_peft_model(copy.deepcopy(tiny), peft_config(cfg)).eval()
     apply_lora(ours, cfg)
     randomize_lora(ours)
-    copy_ours_into_peft(ours, theirs)
+    copy_to_peft(ours, theirs)
     assert (ours(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
     assert sum(p.numel() for p in ours.parameters() if p.requires_grad) == \
         sum(p.numel() for p in theirs.parameters() if p.requires_grad)
@@ -59,7 +41,7 @@ def test_same_logits_as_peft_minilm(minilm, batch):
     theirs = get_peft_model(copy.deepcopy(minilm), peft_config(cfg)).eval()
     apply_lora(minilm, cfg)
     randomize_lora(minilm)
-    copy_ours_into_peft(minilm, theirs)
+    copy_to_peft(minilm, theirs)
     assert (minilm(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
 
 

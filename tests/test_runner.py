@@ -33,6 +33,15 @@ def test_ablations_train_on_the_ablation_budget(learnable, tmp_path, monkeypatch
     assert experiment("lora-r8-qv").lora_config(6, 0.0) == experiment("lora-r8").lora_config(6, 0.0)
 
 
+def test_a_run_is_found_under_an_equivalent_name(learnable, tmp_path, monkeypatch):
+    monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs=1))
+    tuned = f"lora-r2@{PROFILES['smoke'].lr_lora}"  # the profile's own rate, named explicitly
+    [a] = runner.run_suite("smoke", [tuned, "lora-r2@1e-3"], [0], tmp_path, learnable, progress=False)[:1]
+    [b] = runner.run_suite("smoke", ["lora-r2"], [0], tmp_path, learnable, progress=False)
+    assert b == a and len(list((tmp_path / "smoke").glob("*.json"))) == 2  # not trained again
+    assert sorted(runner.load_results(tmp_path, "smoke")["experiment"]) == ["lora-r2", "lora-r2@1e-3"]
+
+
 def test_lora_run_saves_a_loadable_adapter(learnable, tmp_path):
     [record] = runner.run_suite("smoke", ["lora-r4-upper"], [0], tmp_path, learnable, progress=False)
     assert record["config"]["layers"] == [1] and record["lora_params"] == 2 * 4 * (64 + 64)
@@ -74,8 +83,9 @@ def test_resume_after_a_kill(learnable, tmp_path, monkeypatch):
         **runner.asdict(PROFILES["smoke"]), "lr_head": 1e-4}))  # settings changed: that result is stale
     assert not runner.is_done(first, runner.PROFILES["smoke"])
     assert runner.is_done(tmp_path / "smoke" / "lora-r1__seed0.json", runner.PROFILES["smoke"])
-    frame = runner.load_results(tmp_path, "smoke")
-    assert list(frame["experiment"]) == ["head", "lora-r1"] and frame["validation_accuracy"].between(0, 1).all()
+    frame = runner.load_results(tmp_path, "smoke")  # named for the profile as it is now
+    head_lr = json.loads(first.read_text())["config"]["hyperparameters"]["lr"]
+    assert list(frame["experiment"]) == [f"head@{head_lr:g}", "lora-r1"] and frame["validation_accuracy"].between(0, 1).all()
 
 
 def test_nan_loss_stops_with_clear_error(learnable):
