@@ -109,6 +109,7 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
     if distributed_state().is_main_process:
         path = result_path(results, profile.name, name, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
+        supersede(path)
         if lora:
             adapter = path.parent / "adapters" / path.stem
             tmp = adapter.with_name(adapter.name + ".tmp")
@@ -120,6 +121,19 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
         write_json_atomic(path, record)
     distributed_state().wait_for_everyone()
     return record
+
+
+def supersede(path: Path) -> None:
+    """Move a stale result (and its adapter) out of the way, to ``superseded/<its finish time>/``:
+    a re-run never deletes what an earlier run computed."""
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    folder = path.parent / "superseded" / old.get("finished", "unknown").replace(":", "")
+    (folder / "adapters").mkdir(parents=True, exist_ok=True)
+    if old.get("adapter") and (path.parent / old["adapter"]).exists():
+        (path.parent / old["adapter"]).rename(folder / old["adapter"])
+    path.rename(folder / path.name)
 
 
 def run_settings(profile: Profile, exp: Experiment) -> dict:

@@ -86,6 +86,11 @@ def test_resume_after_a_kill(learnable, tmp_path, monkeypatch):
     frame = runner.load_results(tmp_path, "smoke")  # named for the profile as it is now
     head_lr = json.loads(first.read_text())["config"]["hyperparameters"]["lr"]
     assert list(frame["experiment"]) == [f"head@{head_lr:g}", "lora-r1"] and frame["validation_accuracy"].between(0, 1).all()
+    runner.run_suite("smoke", ["head", "lora-r1"], [0], tmp_path, learnable, force=True, progress=False)
+    superseded = tmp_path / "smoke" / "superseded"  # re-runs keep what the earlier runs computed
+    assert {json.loads(p.read_text())["config"]["hyperparameters"]["lr"] for p in superseded.glob("*/head__seed0.json")} == {head_lr}
+    assert len(list(superseded.glob("*/adapters/lora-r1__seed0/adapter_model.safetensors"))) == 1
+    assert sorted(runner.load_results(tmp_path, "smoke")["experiment"]) == ["head", "lora-r1"]
 
 
 def test_nan_loss_stops_with_clear_error(learnable):
