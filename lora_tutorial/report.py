@@ -13,12 +13,12 @@ from .runner import load_results, run_suite
 
 def study_results(suites: list[str], profile: str = "cpu", seeds: tuple[int, ...] = (0,),
                   results: str | Path = "../results", require: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:
-    """Stored results of ``profile`` for the experiments of ``suites``. If none are stored (or one
+    """Stored, current results of ``profile`` for the experiments of ``suites``. If none are stored (or one
     named in ``require`` is missing), runs the same suites in the smoke profile (seconds) so that the
     chapter still executes, and says so."""
     names = [n for s in suites for n in suite(s, PROFILES[profile].num_layers)]
     df = load_results(results, profile)
-    df = df[df["experiment"].isin(names)] if len(df) else df
+    df = df[df["experiment"].isin(names) & df["current"]] if len(df) else df
     if len(df) and set(require) <= set(df["experiment"]):
         missing = sorted(set(names) - set(df["experiment"]))
         if missing:
@@ -43,9 +43,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         "std": 100 * g["validation_accuracy"].std(ddof=1),
         "trainable params": g["trainable_params"].first(),
         "trainable (%)": 100 * g["trainable_params"].first() / g["total_params"].first(),
+        "epochs": g["epochs"].first(),
         "s / epoch": g["train_seconds_per_epoch"].mean(),
+        "train time (min)": (g["epochs"].first() * g["train_seconds_per_epoch"].mean()) / 60,
         "peak memory (GiB)": g["peak_memory_bytes"].mean() / 2**30,
         "lr": g["lr"].first(),
         "train examples": g["train_examples"].first(),
     })
-    return out.round({"accuracy (%)": 2, "std": 2, "trainable (%)": 3, "s / epoch": 0, "peak memory (GiB)": 2})
+    return out.round({"accuracy (%)": 2, "std": 2, "trainable (%)": 3, "s / epoch": 0, "train time (min)": 1, "peak memory (GiB)": 2})

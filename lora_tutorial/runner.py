@@ -146,10 +146,7 @@ def is_done(path: Path, profile: Profile) -> bool:
     """A result exists and was made with the profile's current settings (else it is stale: re-run)."""
     if not path.exists():
         return False
-    if json.loads(path.read_text()).get("settings") == run_settings(profile, experiment(path.stem.rsplit("__", 1)[0])):
-        return True
-    print(f"{path} was made with other {profile.name} settings; running it again.", file=sys.stderr)
-    return False
+    return json.loads(path.read_text()).get("settings") == run_settings(profile, experiment(path.stem.rsplit("__", 1)[0]))
 
 
 def same_run(a: str, b: str, profile: Profile) -> bool:
@@ -198,6 +195,10 @@ def run_suite(profile: str, names: list[str], seeds: list[int], results: str | P
     for name in names:
         experiment(name)  # fail on a bad name before any training
     todo = [(n, s) for n in names for s in seeds if force or not find_result(results, prof, n, s)]
+    for name, seed in todo:
+        if result_path(results, profile, name, seed).exists():
+            print(f"{name} seed {seed} was made with other {profile} settings; running it again "
+                  f"(the earlier result moves to {results / profile / 'superseded'}).", file=sys.stderr)
     for stale in (results / profile).glob("*.tmp") if distributed_state().is_main_process else ():
         stale.unlink()  # left by a run that was killed mid-write
     if todo:
@@ -211,18 +212,20 @@ def run_suite(profile: str, names: list[str], seeds: list[int], results: str | P
 
 def load_results(results: str | Path = "results", profile: str | None = None) -> pd.DataFrame:
     """All stored results as one DataFrame (a row per run; config and main metrics as columns).
-    A run's ``experiment`` is named for the profile as it is now (see :func:`canonical_name`)."""
+    A run's ``experiment`` is named for the profile as it is now (see :func:`canonical_name`);
+    ``current`` says whether it was made with the profile's current settings."""
     rows = []
     for path in sorted(Path(results).glob(f"{profile or '*'}/*.json")):
         r = json.loads(path.read_text())
         lr, prof = r["config"]["hyperparameters"]["lr"], PROFILES.get(r["config"]["profile"])
         name = canonical_name(r["config"]["experiment"], lr, prof) if prof else r["config"]["experiment"]
         rows.append({**{k: v for k, v in r["config"].items() if k != "hyperparameters"},
-                     "experiment": name, "lr": lr,
+                     "experiment": name, "lr": lr, "epochs": r["config"]["hyperparameters"]["epochs"],
                      "validation_accuracy": r["metrics"]["validation_accuracy"],
                      **{k: r[k] for k in ("trainable_params", "total_params", "lora_params",
                                           "train_seconds_per_epoch", "examples_per_second", "peak_memory_bytes",
                                           "device", "git_commit")},
+                     "current": bool(prof) and r.get("settings") == run_settings(prof, experiment(name)),
                      "adapter": str(path.parent / r["adapter"]) if r.get("adapter") else None,
                      "file": str(path)})
     return pd.DataFrame(rows)

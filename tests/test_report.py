@@ -1,5 +1,7 @@
 """The study chapters' data source: stored results when complete, else a labelled smoke run."""
 
+from dataclasses import replace
+
 from lora_tutorial import runner
 from lora_tutorial.report import study_results, summarize
 
@@ -12,6 +14,11 @@ def test_stored_results_are_used_and_summarized(learnable, tmp_path, monkeypatch
     assert list(table.index) == ["full", "lora-r16"] and (table["seeds"] == 2).all()
     assert table.loc["full", "accuracy (%)"] == round(100 * df[df.experiment == "full"].validation_accuracy.mean(), 2)
     assert table.loc["lora-r16", "std"] >= 0 and table.loc["full", "trainable (%)"] == 100
+    assert (table["epochs"] == 3).all()
+    assert ((table["train time (min)"] - 3 * df.groupby("experiment").train_seconds_per_epoch.mean() / 60).abs() <= 0.05).all()
+    monkeypatch.setitem(runner.PROFILES, "smoke", replace(runner.PROFILES["smoke"], lora_epochs=1))
+    df, shown = study_results(["headline"], "smoke", results=tmp_path, require=("full",))
+    assert shown == "smoke" and set(df["experiment"]) == {"full"}  # the LoRA runs are stale now
 
 
 def test_missing_results_fall_back_to_a_smoke_run(learnable, tmp_path, monkeypatch, capsys):
