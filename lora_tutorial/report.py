@@ -35,7 +35,8 @@ def study_results(suites: list[str], profile: str = "cpu", seeds: tuple[int, ...
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per experiment: accuracy mean and std over seeds, parameters, time and memory."""
+    """One row per experiment: accuracy mean and std over seeds, parameters, and the median time and
+    memory over seeds (a run slowed by other work on the machine does not move the median)."""
     g = df.groupby("experiment", sort=False)
     out = pd.DataFrame({
         "seeds": g.size(),
@@ -44,9 +45,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         "trainable params": g["trainable_params"].first(),
         "trainable (%)": 100 * g["trainable_params"].first() / g["total_params"].first(),
         "epochs": g["epochs"].first(),
-        "s / epoch": g["train_seconds_per_epoch"].mean(),
-        "train time (min)": (g["epochs"].first() * g["train_seconds_per_epoch"].mean()) / 60,
-        "peak memory (GiB)": g["peak_memory_bytes"].mean() / 2**30,
+        "s / epoch": g["train_seconds_per_epoch"].median(),
+        "train time (min)": (g["epochs"].first() * g["train_seconds_per_epoch"].median()) / 60,
+        "peak memory (GiB)": g["peak_memory_bytes"].median() / 2**30,
         "lr": g["lr"].first(),
         "train examples": g["train_examples"].first(),
     })

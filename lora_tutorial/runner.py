@@ -105,6 +105,7 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
         "padding_fraction_random": out.padding_fraction_random, "settings": run_settings(profile, exp),
         "device": out.device, "mixed_precision": out.mixed_precision, "num_processes": out.num_processes,
         **env, "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_average": os.getloadavg(),  # 1, 5, 15 min at the end: above the core count, other work shared the CPU
     }
     if distributed_state().is_main_process:
         path = result_path(results, profile.name, name, seed)
