@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             bench_main(args.models, args.repeats, Path(args.out))
     elif args.command == "results":
-        print(load_results(args.results, args.profile).drop(columns=["file"]).to_string())
+        df = load_results(args.results, args.profile)
+        print(df.drop(columns=["file"]).to_string())
+        if len(df):
+            print(f"{len(df)} runs, {df['run_seconds'].sum() / 60:.0f} min from start to finish "
+                  f"({df['run_seconds'][df['current']].sum() / 60:.0f} min for the {df['current'].sum()} current ones)")
     else:
         print(json.dumps({k: vars(p) for k, p in PROFILES.items()}, indent=2))

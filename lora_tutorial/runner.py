@@ -226,6 +226,7 @@ def load_results(results: str | Path = "results", profile: str | None = None) ->
                      **{k: r[k] for k in ("trainable_params", "total_params", "lora_params",
                                           "train_seconds_per_epoch", "examples_per_second", "peak_memory_bytes",
                                           "device", "git_commit")},
+                     "run_seconds": (datetime.fromisoformat(r["finished"]) - datetime.fromisoformat(r["started"])).total_seconds(),
                      "current": bool(prof) and r.get("settings") == run_settings(prof, experiment(name)),
                      "adapter": str(path.parent / r["adapter"]) if r.get("adapter") else None,
                      "file": str(path)})
