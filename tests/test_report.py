@@ -32,5 +32,5 @@ def test_selection_runs_gather_the_grid_other_rates_and_superseded_runs(learnabl
     monkeypatch.setitem(runner.PROFILES, "smoke", replace(runner.PROFILES["smoke"], epochs=1))
     runner.run_suite("smoke", ["head", "head@1e-2"], [0], tmp_path, learnable, progress=False)
     runner.run_suite("smoke", ["head"], [0], tmp_path, learnable, force=True, progress=False)  # supersedes one
-    assert sorted(selection_runs("smoke", tmp_path)["experiment"]) == ["head", "head@0.01"]
+    assert sorted(selection_runs("smoke", tmp_path)["experiment"]) == ["head", "head@1e-2"]
     assert len(selection_runs("cpu", tmp_path)) == 0
