@@ -34,6 +34,15 @@ def study_results(suites: list[str], profile: str = "cpu", seeds: tuple[int, ...
     return load_results(folder, "smoke"), "smoke"
 
 
+def selection_runs(profile: str = "cpu", results: str | Path = "../results") -> pd.DataFrame:
+    """The runs that chose a profile's learning rates and epochs: its ``-tune`` profile's grid, its own runs
+    at other rates (names with ``@lr``) and its superseded runs (settings it no longer uses)."""
+    runs = load_results(results, profile)
+    frames = [load_results(results, f"{profile}-tune"), load_results(results, f"{profile}/superseded/*"),
+              runs[runs["experiment"].str.contains("@")] if len(runs) else runs]
+    return pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else runs
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per experiment: accuracy mean and std over seeds, parameters, and the median time and
     memory over seeds (a run slowed by other work on the machine does not move the median)."""

@@ -138,37 +138,30 @@ def supersede(path: Path) -> None:
 
 
 def run_settings(profile: Profile, exp: Experiment) -> dict:
-    """The profile settings a run depends on (only its own method's learning rate and epochs)."""
-    return ({k: v for k, v in asdict(profile).items() if not k.startswith("lr_") and k != "lora_epochs"}
+    """The profile settings a run depends on: its own method's learning rate and epochs, LoRA's dropout only
+    in LoRA runs, the ablation budget only in ablations."""
+    own = {"lora_dropout": exp.method == "lora", "ablation_train_limit": exp.ablation}
+    return ({k: v for k, v in asdict(profile).items()
+             if not k.startswith("lr_") and k != "lora_epochs" and own.get(k, True)}
             | {"lr": exp.learning_rate(profile), "epochs": exp.epochs(profile)})
 
 
-def is_done(path: Path, profile: Profile) -> bool:
-    """A result exists and was made with the profile's current settings (else it is stale: re-run)."""
-    if not path.exists():
-        return False
-    return json.loads(path.read_text()).get("settings") == run_settings(profile, experiment(path.stem.rsplit("__", 1)[0]))
-
-
-def same_run(a: str, b: str, profile: Profile) -> bool:
-    """Whether two experiment names describe the same run in ``profile`` (``full@2e-4`` is ``full``
-    when the profile's full fine-tuning rate is 2e-4)."""
-    ea, eb = experiment(a), experiment(b)
-    return (replace(ea, name="", lr=None) == replace(eb, name="", lr=None)
-            and ea.learning_rate(profile) == eb.learning_rate(profile))
+def is_current(settings: dict | None, profile: Profile, exp: Experiment) -> bool:
+    """Whether stored ``settings`` agree with every setting the run depends on in ``profile`` as it is now
+    (a setting stored with a run that does not depend on it is ignored)."""
+    return settings is not None and all(settings.get(k, KeyError) == v for k, v in run_settings(profile, exp).items())
 
 
 def find_result(results: Path, profile: Profile, name: str, seed: int) -> Path | None:
-    """The stored, up-to-date result of this run, under its own name or an equivalent one."""
-    path = result_path(results, profile.name, name, seed)
-    if is_done(path, profile):
-        return path
-    for other in (Path(results) / profile.name).glob(f"{name.partition('@')[0]}@*__seed{seed}.json"):
-        if same_run(other.stem.rsplit("__", 1)[0], name, profile) and is_done(other, profile):
-            return other
-    if "@" in name and same_run(name.partition("@")[0], name, profile):
-        plain = result_path(results, profile.name, name.partition("@")[0], seed)
-        return plain if is_done(plain, profile) else None
+    """The stored, up-to-date result of this run: a file of the same experiment, whatever ``@lr`` its name
+    carries, whose recorded settings are the ones this run would use now (``full@2e-4`` is ``full`` when
+    the profile's full fine-tuning rate is 2e-4)."""
+    exp = experiment(name)
+    shape = replace(exp, name="", lr=None)
+    for path in sorted((Path(results) / profile.name).glob(f"{name.partition('@')[0]}*__seed{seed}.json")):
+        if (replace(experiment(path.stem.rsplit("__", 1)[0]), name="", lr=None) == shape
+                and is_current(json.loads(path.read_text()).get("settings"), profile, exp)):
+            return path
     return None
 
 
@@ -227,7 +220,7 @@ def load_results(results: str | Path = "results", profile: str | None = None) ->
                                           "train_seconds_per_epoch", "examples_per_second", "peak_memory_bytes",
                                           "device", "git_commit")},
                      "run_seconds": (datetime.fromisoformat(r["finished"]) - datetime.fromisoformat(r["started"])).total_seconds(),
-                     "current": bool(prof) and r.get("settings") == run_settings(prof, experiment(name)),
+                     "current": bool(prof) and is_current(r.get("settings"), prof, experiment(name)),
                      "adapter": str(path.parent / r["adapter"]) if r.get("adapter") else None,
                      "file": str(path)})
     return pd.DataFrame(rows)

@@ -3,7 +3,7 @@
 from dataclasses import replace
 
 from lora_tutorial import runner
-from lora_tutorial.report import study_results, summarize
+from lora_tutorial.report import selection_runs, study_results, summarize
 
 
 def test_stored_results_are_used_and_summarized(learnable, tmp_path, monkeypatch):
@@ -26,3 +26,11 @@ def test_missing_results_fall_back_to_a_smoke_run(learnable, tmp_path, monkeypat
     df, shown = study_results(["headline"], "cpu", results=tmp_path)
     assert shown == "smoke" and set(df["experiment"]) == {"full", "lora-r16"}
     assert "No stored cpu results" in capsys.readouterr().out
+
+
+def test_selection_runs_gather_the_grid_other_rates_and_superseded_runs(learnable, tmp_path, monkeypatch):
+    monkeypatch.setitem(runner.PROFILES, "smoke", replace(runner.PROFILES["smoke"], epochs=1))
+    runner.run_suite("smoke", ["head", "head@1e-2"], [0], tmp_path, learnable, progress=False)
+    runner.run_suite("smoke", ["head"], [0], tmp_path, learnable, force=True, progress=False)  # supersedes one
+    assert sorted(selection_runs("smoke", tmp_path)["experiment"]) == ["head", "head@1e-2"]
+    assert len(selection_runs("cpu", tmp_path)) == 0

@@ -40,6 +40,18 @@ def test_a_run_is_found_under_an_equivalent_name(learnable, tmp_path, monkeypatc
     [b] = runner.run_suite("smoke", ["lora-r2"], [0], tmp_path, learnable, progress=False)
     assert b == a and len(list((tmp_path / "smoke").glob("*.json"))) == 2  # not trained again
     assert sorted(runner.load_results(tmp_path, "smoke")["experiment"]) == ["lora-r2", "lora-r2@1e-3"]
+    smoke = replace(PROFILES["smoke"], lr_lora=1e-3)  # the chosen rate changes: each stored run keeps its identity
+    assert runner.find_result(tmp_path, smoke, "lora-r2", 0).name == "lora-r2@1e-3__seed0.json"
+    assert runner.find_result(tmp_path, smoke, tuned, 0).name == f"{tuned}__seed0.json"
+
+
+def test_a_run_depends_only_on_its_own_settings(learnable, tmp_path, monkeypatch):
+    monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs=1))
+    runner.run_suite("smoke", ["head", "lora-r2"], [0], tmp_path, learnable, progress=False)
+    changed = replace(PROFILES["smoke"], lora_dropout=0.2, ablation_train_limit=64)
+    assert runner.find_result(tmp_path, changed, "head", 0) and not runner.find_result(tmp_path, changed, "lora-r2", 0)
+    assert runner.find_result(tmp_path, replace(PROFILES["smoke"], ablation_train_limit=64), "lora-r2", 0)
+    assert not runner.find_result(tmp_path, replace(PROFILES["smoke"], batch_size=8), "head", 0)
 
 
 def test_lora_run_saves_a_loadable_adapter(learnable, tmp_path):
@@ -81,8 +93,8 @@ def test_resume_after_a_kill(learnable, tmp_path, monkeypatch):
                                                                       "lora-r1__seed0.json"]
     monkeypatch.setitem(runner.PROFILES, "smoke", PROFILES["smoke"].__class__(**{
         **runner.asdict(PROFILES["smoke"]), "lr_head": 1e-4}))  # settings changed: that result is stale
-    assert not runner.is_done(first, runner.PROFILES["smoke"])
-    assert runner.is_done(tmp_path / "smoke" / "lora-r1__seed0.json", runner.PROFILES["smoke"])
+    assert runner.find_result(tmp_path, runner.PROFILES["smoke"], "head", 0) is None
+    assert runner.find_result(tmp_path, runner.PROFILES["smoke"], "lora-r1", 0) == tmp_path / "smoke" / "lora-r1__seed0.json"
     frame = runner.load_results(tmp_path, "smoke")  # named for the profile as it is now
     head_lr = json.loads(first.read_text())["config"]["hyperparameters"]["lr"]
     assert list(frame["experiment"]) == [f"head@{head_lr:g}", "lora-r1"] and frame["validation_accuracy"].between(0, 1).all()
