@@ -50,7 +50,8 @@ def load_sst2(source: str | Path | None = None) -> DatasetDict:
     folder = Path(source)
     if not folder.is_dir():
         raise ValueError(f"SST-2 folder {folder} does not exist; pass a folder with train.tsv and "
-                         f"validation.tsv (or set {ENV_VAR}), or source='hub'.")
+                         f"validation.tsv (or set {ENV_VAR}), or source='hub'. A relative path is read from "
+                         f"the current directory, {Path.cwd()} (chapters run in book/): give an absolute one.")
     missing = [f"{s}.tsv" for s in SPLITS if not (folder / f"{s}.tsv").is_file()]
     if missing:
         raise ValueError(f"SST-2 folder {folder} lacks {', '.join(missing)}; it needs train.tsv and validation.tsv.")

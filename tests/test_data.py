@@ -62,6 +62,8 @@ def test_bad_header(folder):
 def test_missing_folder_and_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist; pass a folder with train.tsv"):
         D.load_sst2(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"relative path is read from the current directory, .*: give an absolute one"):
+        D.load_sst2("nowhere")
     write_split(tmp_path, "train", ["fine\t1"])
     with pytest.raises(ValueError, match="lacks validation.tsv"):
         D.load_sst2(tmp_path)
