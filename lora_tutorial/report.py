@@ -38,9 +38,9 @@ def selection_runs(profile: str = "cpu", results: str | Path = "../results") -> 
     """The runs that chose a profile's learning rates and epochs: its ``-tune`` profile's grid, its own runs
     at other rates (names with ``@lr``) and its superseded runs (settings it no longer uses)."""
     runs = load_results(results, profile)
-    frames = [load_results(results, f"{profile}-tune"), load_results(results, f"{profile}/superseded/*"),
-              runs[runs["experiment"].str.contains("@")] if len(runs) else runs]
-    return pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else runs
+    frames = [f for f in (load_results(results, f"{profile}-tune"), load_results(results, f"{profile}/superseded/*"),
+                          runs[runs["experiment"].str.contains("@")] if len(runs) else runs) if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
