@@ -34,12 +34,14 @@ def study_results(suites: list[str], profile: str = "cpu", seeds: tuple[int, ...
     return load_results(folder, "smoke"), "smoke"
 
 
-def selection_runs(profile: str = "cpu", results: str | Path = "../results") -> pd.DataFrame:
-    """The runs that chose a profile's learning rates and epochs: its ``-tune`` profile's grid, its own runs
-    at other rates (names with ``@lr``) and its superseded runs (settings it no longer uses)."""
+def selection_runs(profile: str = "cpu", results: str | Path = "../results",
+                   experiments: tuple[str, ...] = tuple(suite("headline"))) -> pd.DataFrame:
+    """The runs that chose a profile's learning rates and epochs for ``experiments``: its ``-tune`` profile's
+    grid, and its own runs at settings it no longer uses (names with ``@lr``, stale and superseded runs)."""
     runs = load_results(results, profile)
-    frames = [f for f in (load_results(results, f"{profile}-tune"), load_results(results, f"{profile}/superseded/*"),
-                          runs[runs["experiment"].str.contains("@")] if len(runs) else runs) if len(f)]
+    frames = [load_results(results, f"{profile}-tune"), load_results(results, f"{profile}/superseded/*"),
+              runs[runs["experiment"].str.contains("@") | ~runs["current"]] if len(runs) else runs]
+    frames = [f[f["experiment"].str.partition("@")[0].isin(experiments)] for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

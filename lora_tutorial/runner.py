@@ -218,7 +218,7 @@ def load_results(results: str | Path = "results", profile: str | None = None) ->
                      "validation_accuracy": r["metrics"]["validation_accuracy"],
                      **{k: r[k] for k in ("trainable_params", "total_params", "lora_params",
                                           "train_seconds_per_epoch", "examples_per_second", "peak_memory_bytes",
-                                          "device", "git_commit")},
+                                          "device", "git_commit", "git_dirty")},
                      "run_seconds": (datetime.fromisoformat(r["finished"]) - datetime.fromisoformat(r["started"])).total_seconds(),
                      "current": bool(prof) and is_current(r.get("settings"), prof, experiment(name)),
                      "adapter": str(path.parent / r["adapter"]) if r.get("adapter") else None,

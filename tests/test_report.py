@@ -28,9 +28,14 @@ def test_missing_results_fall_back_to_a_smoke_run(learnable, tmp_path, monkeypat
     assert "No stored cpu results" in capsys.readouterr().out
 
 
-def test_selection_runs_gather_the_grid_other_rates_and_superseded_runs(learnable, tmp_path, monkeypatch):
+def test_selection_runs_gather_the_grid_other_rates_stale_and_superseded_runs(learnable, tmp_path, monkeypatch):
     monkeypatch.setitem(runner.PROFILES, "smoke", replace(runner.PROFILES["smoke"], epochs=1))
     runner.run_suite("smoke", ["head", "head@1e-2"], [0], tmp_path, learnable, progress=False)
     runner.run_suite("smoke", ["head"], [0], tmp_path, learnable, force=True, progress=False)  # supersedes one
-    assert sorted(selection_runs("smoke", tmp_path)["experiment"]) == ["head", "head@1e-2"]
+    assert sorted(selection_runs("smoke", tmp_path, ("head",))["experiment"]) == ["head", "head@1e-2"]
+    assert len(selection_runs("smoke", tmp_path)) == 0  # by default: the headline experiments only
     assert len(selection_runs("cpu", tmp_path)) == 0
+    # The profile moves to head@1e-2's rate, then to 2 epochs: that run is "head" now, and stale.
+    monkeypatch.setitem(runner.PROFILES, "smoke", replace(runner.PROFILES["smoke"], epochs=2, lr_head=1e-2))
+    runs = selection_runs("smoke", tmp_path, ("head",))
+    assert sorted(runs["experiment"]) == ["head", "head@0.003", "head@0.003"] and not runs["git_dirty"].isna().any()
