@@ -215,6 +215,7 @@ def load_results(results: str | Path = "results", profile: str | None = None) ->
         name = canonical_name(r["config"]["experiment"], lr, prof) if prof else r["config"]["experiment"]
         rows.append({**{k: v for k, v in r["config"].items() if k != "hyperparameters"},
                      "experiment": name, "lr": lr, "epochs": r["config"]["hyperparameters"]["epochs"],
+                     "lora_dropout": r["config"]["hyperparameters"].get("lora_dropout"),
                      "validation_accuracy": r["metrics"]["validation_accuracy"],
                      **{k: r[k] for k in ("trainable_params", "total_params", "lora_params",
                                           "train_seconds_per_epoch", "examples_per_second", "peak_memory_bytes",

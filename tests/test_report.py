@@ -14,6 +14,7 @@ def test_stored_results_are_used_and_summarized(learnable, tmp_path, monkeypatch
     assert list(table.index) == ["full", "lora-r16"] and (table["seeds"] == 2).all()
     assert table.loc["full", "accuracy (%)"] == round(100 * df[df.experiment == "full"].validation_accuracy.mean(), 2)
     assert table.loc["lora-r16", "std"] >= 0 and table.loc["full", "trainable (%)"] == 100
+    assert (df.loc[df.method == "lora", "lora_dropout"] == 0.0).all() and df.loc[df.method == "full", "lora_dropout"].isna().all()
     assert (table["epochs"] == 3).all()
     assert ((table["train time (min)"] - 3 * df.groupby("experiment").train_seconds_per_epoch.median() / 60).abs() <= 0.05).all()
     monkeypatch.setitem(runner.PROFILES, "smoke", replace(runner.PROFILES["smoke"], lora_epochs=1))
