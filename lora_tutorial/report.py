@@ -34,15 +34,23 @@ def study_results(suites: list[str], profile: str = "cpu", seeds: tuple[int, ...
     return load_results(folder, "smoke"), "smoke"
 
 
+def stored_runs(profile: str = "cpu", results: str | Path = "../results") -> pd.DataFrame:
+    """Every stored run of a profile: its own folder, its superseded runs and its ``-tune`` profile's grid."""
+    frames = [f for f in (load_results(results, profile), load_results(results, f"{profile}/superseded/*"),
+                          load_results(results, f"{profile}-tune")) if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def selection_runs(profile: str = "cpu", results: str | Path = "../results",
                    experiments: tuple[str, ...] = tuple(suite("headline"))) -> pd.DataFrame:
-    """The runs that chose a profile's learning rates and epochs for ``experiments``: its ``-tune`` profile's
-    grid, and its own runs at settings it no longer uses (names with ``@lr``, stale and superseded runs)."""
-    runs = load_results(results, profile)
-    frames = [load_results(results, f"{profile}-tune"), load_results(results, f"{profile}/superseded/*"),
-              runs[runs["experiment"].str.contains("@") | ~runs["current"]] if len(runs) else runs]
-    frames = [f[f["experiment"].str.partition("@")[0].isin(experiments)] for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    """The stored runs of ``experiments`` that chose a profile's settings: all but the ones the study uses
+    (the ``-tune`` grid, runs at other rates (``@lr``), stale and superseded runs)."""
+    runs = stored_runs(profile, results)
+    if not len(runs):
+        return runs
+    own = (runs["profile"] == profile) & ~runs["file"].map(lambda f: "superseded" in Path(f).parts)
+    used = own & runs["current"] & ~runs["experiment"].str.contains("@")
+    return runs[~used & runs["experiment"].str.partition("@")[0].isin(experiments)].reset_index(drop=True)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
