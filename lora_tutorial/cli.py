@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from .experiments import PROFILES, suite
-from .runner import load_results, run_suite
+from .runner import load_results, recompute_predictions, run_suite
 
 
 def expand(names: list[str], num_layers: int) -> list[str]:
@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     show = sub.add_parser("results", help="print stored results as a table")
     show.add_argument("--profile", default=None)
     show.add_argument("--results", default="results")
+    pred = sub.add_parser("predict", help="add per-example predictions to stored LoRA runs, from their adapters")
+    pred.add_argument("--profile", choices=sorted(PROFILES), required=True)
+    pred.add_argument("--results", default="results")
+    pred.add_argument("--data", default=None, help="SST-2 folder or 'hub' (default: $LORA_TUTORIAL_SST2, else the Hub)")
     sub.add_parser("profiles", help="print every profile's settings")
     bench = sub.add_parser("bench", help="measure step time, memory and latency ratios (writes results/bench)")
     bench.add_argument("--models", nargs="+", default=["minilm", "bert-base-random"])
@@ -64,9 +68,12 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(record["padding_fraction"] | record["ratios"], indent=1))
         else:
             bench_main(args.models, args.repeats, Path(args.out))
+    elif args.command == "predict":
+        for path in recompute_predictions(args.profile, args.results, args.data):
+            print(f"predictions added: {path}")
     elif args.command == "results":
         df = load_results(args.results, args.profile)
-        print(df.drop(columns=["file"]).to_string())
+        print(df.drop(columns=["file", "predictions", "validation_labels"], errors="ignore").to_string())
         if len(df):
             print(f"{len(df)} runs, {df['run_seconds'].sum() / 60:.0f} min from start to finish "
                   f"({df['run_seconds'][df['current']].sum() / 60:.0f} min for the {df['current'].sum()} current ones)")

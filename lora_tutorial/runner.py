@@ -14,16 +14,18 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import torch
+from accelerate import Accelerator
 from datasets import DatasetDict
 
-from .adapter_io import save_adapter
+from .adapter_io import load_adapter, save_adapter
 from .data import load_sst2, tokenize
 from .experiments import HEAD, PROFILES, Experiment, Profile, experiment
 from .lora import apply_lora, num_layers, train_only
 from .models import load_model, load_tokenizer
 from .params import count_parameters
-from .train import TrainConfig, distributed_state, train
+from .train import TrainConfig, distributed_state, make_loaders, predict, train
 
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "peft", "lora-tutorial")
 
@@ -80,8 +82,9 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
     if exp.ablation and profile.ablation_train_limit and profile.ablation_train_limit < len(data["train"]):
         data = DatasetDict(train=data["train"].shuffle(seed=0).select(range(profile.ablation_train_limit)),
                            validation=data["validation"])
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = now()
     env = environment()  # the code as it was when the run started
+    baseline = psutil.Process().memory_info().rss  # data loaded, model not yet built
     model = build(profile, exp, seed)
     params = count_parameters(model)
     cfg = TrainConfig(lr=exp.learning_rate(profile), lr_ratio_b=exp.lr_ratio_b, epochs=exp.epochs(profile), batch_size=profile.batch_size, seed=seed, progress=progress)
@@ -99,13 +102,16 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
                                                      "lora_dropout": profile.lora_dropout if lora else None}},
         "metrics": {"validation_accuracy": out.validation_accuracy, "history": out.history,
                     "loss_curve": out.loss_curve},
+        "predictions": labels_text(out.predictions), "validation_labels": labels_text(data["validation"]["label"]),
         "trainable_params": params.trainable, "total_params": params.total, "lora_params": params.lora,
         "train_seconds_per_epoch": out.train_seconds_per_epoch, "examples_per_second": out.examples_per_second,
-        "peak_memory_bytes": out.peak_memory_bytes, "padding_fraction": out.padding_fraction,
+        "peak_memory_bytes": out.peak_memory_bytes,
+        "memory_baseline_bytes": 0 if out.device.startswith("cuda") else baseline, "padding_fraction": out.padding_fraction,
         "padding_fraction_random": out.padding_fraction_random, "settings": run_settings(profile, exp),
         "device": out.device, "mixed_precision": out.mixed_precision, "num_processes": out.num_processes,
-        **env, "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "load_average": os.getloadavg(),  # 1, 5, 15 min at the end: above the core count, other work shared the CPU
+        **env, "started": started, "finished": now(),
+        "load_average": os.getloadavg(),  # 1, 5, 15 min at the end
+        "mean_load_average": out.mean_load,  # 1-min, while training: well above the core count, other work shared it
     }
     if distributed_state().is_main_process:
         path = result_path(results, profile.name, name, seed)
@@ -122,6 +128,45 @@ def run_one(profile: Profile, name: str, seed: int, data: DatasetDict, tokenizer
         write_json_atomic(path, record)
     distributed_state().wait_for_everyone()
     return record
+
+
+def labels_text(labels) -> str:
+    """Class labels (0-9) as one compact string, ``"0110..."``: 872 predictions in a line of JSON."""
+    return "".join(str(int(y)) for y in labels)
+
+
+def recompute_predictions(profile: str, results: str | Path = "results", data_source: str | None = None) -> list[Path]:
+    """Add the per-example predictions to stored LoRA runs that lack them, from their saved adapters.
+    The recomputed accuracy must equal the stored one, else nothing is written for that run."""
+    prof = PROFILES[profile]
+    todo = [p for p in sorted((Path(results) / profile).glob("*.json"))
+            if "predictions" not in (r := json.loads(p.read_text())) and r.get("adapter")]
+    if not todo:
+        return []
+    data, tokenizer = prepare_data(prof, data_source)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    written = []
+    for path in todo:
+        record = json.loads(path.read_text())
+        model = load_adapter(load_model(prof.model, seed=record["config"]["seed"]), path.parent / record["adapter"])
+        _, loader = make_loaders(data, tokenizer, TrainConfig())
+        model, loader = accelerator.prepare(model, loader)
+        preds, _ = predict(model, loader, accelerator)
+        labels = torch.tensor(data["validation"]["label"])
+        stored, got = record["metrics"]["validation_accuracy"], (preds == labels).float().mean().item()
+        if round(stored * len(labels)) != round(got * len(labels)):
+            print(f"{path}: recomputed accuracy {got:.4f} differs from the stored {stored:.4f}; left as it was.",
+                  file=sys.stderr)
+            continue
+        record |= {"predictions": labels_text(preds), "validation_labels": labels_text(labels),
+                   "predictions_recomputed": environment() | {"at": now(), "from": record["adapter"]}}
+        write_json_atomic(path, record)
+        written.append(path)
+    return written
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def supersede(path: Path) -> None:
@@ -159,8 +204,9 @@ def find_result(results: Path, profile: Profile, name: str, seed: int) -> Path |
     exp = experiment(name)
     shape = replace(exp, name="", lr=None)
     for path in sorted((Path(results) / profile.name).glob(f"{name.partition('@')[0]}*__seed{seed}.json")):
+        record = json.loads(path.read_text())
         if (replace(experiment(path.stem.rsplit("__", 1)[0]), name="", lr=None) == shape
-                and is_current(json.loads(path.read_text()).get("settings"), profile, exp)):
+                and "predictions" in record and is_current(record.get("settings"), profile, exp)):
             return path
     return None
 
@@ -221,7 +267,10 @@ def load_results(results: str | Path = "results", profile: str | None = None) ->
                                           "train_seconds_per_epoch", "examples_per_second", "peak_memory_bytes",
                                           "device", "git_commit", "git_dirty")},
                      "run_seconds": (datetime.fromisoformat(r["finished"]) - datetime.fromisoformat(r["started"])).total_seconds(),
-                     "current": bool(prof) and is_current(r.get("settings"), prof, experiment(name)),
+                     "current": bool(prof) and "predictions" in r and is_current(r.get("settings"), prof,
+                                                                                 experiment(name)),
+                     "mean_load_average": r.get("mean_load_average"),
+                     "predictions": r.get("predictions"), "validation_labels": r.get("validation_labels"),
                      "adapter": str(path.parent / r["adapter"]) if r.get("adapter") else None,
                      "file": str(path)})
     return pd.DataFrame(rows)

@@ -4,6 +4,7 @@ data parallelism under ``accelerate launch``."""
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,6 +60,8 @@ class TrainResult:
     device: str = "cpu"
     mixed_precision: str = "no"
     num_processes: int = 1
+    predictions: list[int] = field(default_factory=list)  # last epoch's predicted label per validation example
+    mean_load: float = 0.0   # mean 1-minute load average while training (CPU); its own threads count too
 
     @property
     def validation_accuracy(self) -> float:
@@ -68,13 +71,18 @@ class TrainResult:
         return asdict(self) | {"validation_accuracy": self.validation_accuracy}
 
 
-class PeakMemory:
-    """Peak memory while the block runs: CUDA max allocated, or on CPU the process's peak RSS (sampled)."""
+class ResourceMonitor:
+    """Peak memory while the block runs (CUDA max allocated, or on CPU the process's peak RSS, sampled)
+    and the machine's mean 1-minute load average over the block (other work on the machine raises it)."""
 
     def __init__(self, device: torch.device, every: float = 0.05) -> None:
-        self.device, self.every, self.peak = device, every, 0
+        self.device, self.every, self.peak, self.loads = device, every, 0, []
 
-    def __enter__(self) -> PeakMemory:
+    @property
+    def mean_load(self) -> float:
+        return sum(self.loads) / len(self.loads) if self.loads else os.getloadavg()[0]
+
+    def __enter__(self) -> ResourceMonitor:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
@@ -84,9 +92,12 @@ class PeakMemory:
         return self
 
     def _sample(self) -> None:
-        process = psutil.Process()
+        process, ticks = psutil.Process(), 0
         while not self._stop.wait(self.every):
             self.peak = max(self.peak, process.memory_info().rss)
+            ticks += 1
+            if ticks % 100 == 0:  # every 5 s
+                self.loads.append(os.getloadavg()[0])
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
@@ -122,18 +133,27 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> dict[str, float]:
-    """Validation accuracy and mean loss, with predictions gathered across processes."""
+def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> tuple[torch.Tensor, float]:
+    """Predicted labels in the dataset's order (gathered across processes) and the mean loss."""
+    was_training = model.training
     model.eval()
-    losses, correct, count = [], 0, 0
+    sampler = getattr(loader.batch_sampler, "batch_sampler", loader.batch_sampler)  # Accelerate's shard wraps it
+    preds, loss, order = [], 0.0, [i for batch in sampler for i in batch]
     for batch in loader:
-        out = model(**batch)
-        logits, labels = accelerator.gather_for_metrics((out.logits.float(), batch["labels"]))
-        losses.append(nn.functional.cross_entropy(logits, labels, reduction="sum").item())
-        correct += (logits.argmax(-1) == labels).sum().item()
-        count += labels.numel()
-    model.train()
-    return {"validation_accuracy": correct / count, "validation_loss": sum(losses) / count}
+        logits, labels = accelerator.gather_for_metrics((model(**batch).logits.float(), batch["labels"]))
+        loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        preds.append(logits.argmax(-1).cpu())
+    model.train(was_training)
+    out = torch.empty(len(order), dtype=torch.long)
+    out[torch.tensor(order)] = torch.cat(preds)
+    return out, loss / len(order)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator, labels: list[int]) -> dict:
+    """Validation accuracy, mean loss and the predicted label of every example (in dataset order)."""
+    preds, loss = predict(model, loader, accelerator)
+    return {"validation_accuracy": (preds == torch.tensor(labels)).float().mean().item(), "validation_loss": loss,
+            "predictions": preds.tolist()}
 
 
 def train(model: nn.Module, data: DatasetDict, tokenizer: PreTrainedTokenizerBase, cfg: TrainConfig) -> TrainResult:
@@ -160,7 +180,8 @@ def train(model: nn.Module, data: DatasetDict, tokenizer: PreTrainedTokenizerBas
     trainable = [p for p in model.parameters() if p.requires_grad]
     epoch_seconds, step = [], 0
     model.train()
-    with PeakMemory(accelerator.device) as memory:
+    labels = data["validation"]["label"]
+    with ResourceMonitor(accelerator.device) as monitor:
         for epoch in range(cfg.epochs):
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (cfg.progress and accelerator.is_main_process))
@@ -181,10 +202,11 @@ def train(model: nn.Module, data: DatasetDict, tokenizer: PreTrainedTokenizerBas
                     result.loss_curve.append((step, value))
                     bar.set_postfix(loss=f"{value:.4f}")
             epoch_seconds.append(time.perf_counter() - start)
-            result.history.append({"epoch": epoch + 1, "train_seconds": epoch_seconds[-1],
-                                   **evaluate(model, val_loader, accelerator)})
+            scores = evaluate(model, val_loader, accelerator, labels)
+            result.predictions = scores.pop("predictions")
+            result.history.append({"epoch": epoch + 1, "train_seconds": epoch_seconds[-1], **scores})
     result.train_seconds_per_epoch = sum(epoch_seconds) / len(epoch_seconds)
     result.examples_per_second = len(data["train"]) / result.train_seconds_per_epoch
-    result.peak_memory_bytes = memory.peak
+    result.peak_memory_bytes, result.mean_load = monitor.peak, monitor.mean_load
     accelerator.free_memory()
     return result

@@ -174,3 +174,25 @@ def test_two_processes_match_one(learnable, tmp_path):
     assert two["metrics"]["validation_accuracy"] == pytest.approx(one["metrics"]["validation_accuracy"], abs=1 / 256)
     assert two["metrics"]["history"][-1]["validation_loss"] == pytest.approx(
         one["metrics"]["history"][-1]["validation_loss"], rel=1e-2)
+
+
+def test_each_run_stores_its_predictions_in_dataset_order(learnable, tmp_path):
+    [record] = runner.run_suite("smoke", ["lora-r2"], [0], tmp_path, learnable, progress=False)
+    preds, labels = record["predictions"], record["validation_labels"]
+    assert len(preds) == len(labels) == 256
+    assert labels == runner.labels_text(runner.load_sst2(learnable)["validation"]["label"])
+    accuracy = sum(p == y for p, y in zip(preds, labels)) / len(labels)
+    assert accuracy == record["metrics"]["validation_accuracy"]
+
+
+def test_predictions_are_recomputed_from_a_stored_adapter(learnable, tmp_path):
+    [record] = runner.run_suite("smoke", ["lora-r2"], [0], tmp_path, learnable, progress=False)
+    path = tmp_path / "smoke" / "lora-r2__seed0.json"
+    stripped = {k: v for k, v in record.items() if k not in ("predictions", "validation_labels")}
+    path.write_text(json.dumps(stripped))
+    assert runner.find_result(tmp_path, PROFILES["smoke"], "lora-r2", 0) is None  # no predictions: not current
+    assert runner.recompute_predictions("smoke", tmp_path, learnable) == [path]
+    again = json.loads(path.read_text())
+    assert again["predictions"] == record["predictions"]
+    assert again["predictions_recomputed"]["from"] == record["adapter"]
+    assert runner.recompute_predictions("smoke", tmp_path, learnable) == []  # nothing left to do
