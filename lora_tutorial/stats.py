@@ -1,0 +1,109 @@
+"""How sure is a difference in accuracy? A bootstrap over seeds and validation examples.
+
+Every run stores its prediction for each validation sentence, so two experiments are compared on the
+same sentences (paired). The interval accounts for both sources of noise a reader meets when re-running
+the study: which seeds were drawn (resampled per experiment) and which sentences the validation set
+happened to contain (resampled once per replicate, the same for both experiments).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+LEVEL = 0.95
+REPLICATES = 10_000
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean accuracy (or difference of two), in points, with its bootstrap interval."""
+
+    mean: float
+    low: float
+    high: float
+    seeds: tuple[int, ...] = ()
+
+    @property
+    def contains_zero(self) -> bool:
+        return self.low <= 0 <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} (95 % interval {self.low:.2f} to {self.high:.2f})"
+
+
+def correctness(predictions: list[str], labels: str) -> np.ndarray:
+    """Seeds x examples matrix of 0/1: was the run's prediction for each validation sentence right?"""
+    if any(len(p) != len(labels) for p in predictions):
+        raise ValueError("Runs predicted different numbers of validation examples; compare runs made on the "
+                         "same validation split.")
+    truth = np.frombuffer(labels.encode(), dtype=np.uint8)
+    return np.stack([np.frombuffer(p.encode(), dtype=np.uint8) == truth for p in predictions]).astype(float)
+
+
+def _resampled_means(correct: np.ndarray, example_weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Accuracy of each replicate: seeds drawn with replacement, examples weighted by their draw counts."""
+    seeds = correct.shape[0]
+    seed_weights = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=len(example_weights))
+    return np.einsum("bs,sn,bn->b", seed_weights, correct, example_weights) / (seeds * correct.shape[1])
+
+
+def bootstrap(a: np.ndarray, b: np.ndarray | None = None, replicates: int = REPLICATES, level: float = LEVEL,
+              seed: int = 0) -> Interval:
+    """Mean accuracy of ``a`` (seeds x examples, 0/1), or the difference ``a - b`` on the same examples,
+    in points, with a percentile interval from resampling seeds (each experiment's own) and examples
+    (shared by ``a`` and ``b``)."""
+    if b is not None and a.shape[1] != b.shape[1]:
+        raise ValueError(f"Paired comparison needs the same examples: {a.shape[1]} vs {b.shape[1]}.")
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    examples = rng.multinomial(n, np.full(n, 1 / n), size=replicates)
+    stat = _resampled_means(a, examples, rng)
+    mean = a.mean()
+    if b is not None:
+        stat = stat - _resampled_means(b, examples, rng)
+        mean = mean - b.mean()
+    low, high = np.quantile(stat, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(100 * mean, 100 * low, 100 * high)
+
+
+def runs_of(df: pd.DataFrame, experiment: str) -> np.ndarray:
+    """The correctness matrix of an experiment's stored runs (rows of a results table), one row per seed."""
+    rows = df[df["experiment"] == experiment].sort_values("seed")
+    if rows.empty:
+        raise ValueError(f"No stored runs of {experiment!r}; run it with python -m lora_tutorial run "
+                         f"--experiments {experiment}.")
+    if rows["predictions"].isna().any():
+        raise ValueError(f"Some runs of {experiment!r} have no stored predictions; add them with "
+                         "python -m lora_tutorial predict.")
+    return correctness(list(rows["predictions"]), rows["validation_labels"].iloc[0])
+
+
+def accuracy(df: pd.DataFrame, experiment: str, **kw) -> Interval:
+    """An experiment's mean validation accuracy over its seeds, with its 95 % interval (points)."""
+    i = bootstrap(runs_of(df, experiment), **kw)
+    return Interval(i.mean, i.low, i.high, tuple(sorted(df[df["experiment"] == experiment]["seed"])))
+
+
+def difference(df: pd.DataFrame, a: str, b: str, **kw) -> Interval:
+    """Accuracy of ``a`` minus ``b`` (points) with its 95 % interval, paired on the validation examples."""
+    return bootstrap(runs_of(df, a), runs_of(df, b), **kw)
+
+
+def verdict(diff: Interval, a: str, b: str) -> str:
+    """A clause for the difference ``a - b`` that says only what its interval supports."""
+    span = f"{diff.mean:+.2f} points, 95 % interval {diff.low:+.2f} to {diff.high:+.2f}"
+    if diff.contains_zero:
+        return f"no difference between {a} and {b} is detectable at this budget ({span})"
+    return f"{a} is {'ahead of' if diff.mean > 0 else 'behind'} {b} by {abs(diff.mean):.2f} points ({span})"
+
+
+def summary_table(df: pd.DataFrame, experiments: list[str], **kw) -> pd.DataFrame:
+    """Per experiment: seeds, mean accuracy and its 95 % interval (points), for tables and error bars."""
+    rows = {}
+    for name in experiments:
+        i = accuracy(df, name, **kw)
+        rows[name] = {"seeds": len(i.seeds), "accuracy (%)": i.mean, "low": i.low, "high": i.high}
+    return pd.DataFrame.from_dict(rows, orient="index")

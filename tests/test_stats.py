@@ -1,0 +1,90 @@
+"""The bootstrap behind every comparison in the book, checked where the truth is known."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lora_tutorial import stats
+
+
+SEED_EFFECT = 0.1  # a run's skill varies with its seed (logit scale): about 1 point of accuracy
+
+
+def simulate(rng, difficulty, skill, seeds, seed_effect=SEED_EFFECT):
+    """0/1 correctness of ``seeds`` runs: example i is right with probability sigmoid(skill_s - difficulty_i),
+    each run's skill_s drawn around ``skill``."""
+    skills = skill + rng.normal(0.0, seed_effect, size=(seeds, 1))
+    return (rng.random((seeds, len(difficulty))) < 1 / (1 + np.exp(difficulty - skills))).astype(float)
+
+
+def population_accuracy(skill):
+    """Expected accuracy over the sentences the validation set is drawn from and over seeds."""
+    rng = np.random.default_rng(99)
+    difficulty = rng.normal(-2.0, 2.0, size=500_000)
+    return 100 * np.mean([np.mean(1 / (1 + np.exp(difficulty - skill - e))) for e in rng.normal(0, SEED_EFFECT, 40)])
+
+
+def test_interval_covers_a_known_difference_at_least_95_percent_of_the_time_and_is_not_much_wider():
+    rng, covered, widths, estimates, trials = np.random.default_rng(1), 0, [], [], 200
+    truth = population_accuracy(0.3) - population_accuracy(0.0)
+    for t in range(trials):
+        difficulty = rng.normal(-2.0, 2.0, size=872)  # a fresh validation set drawn from the population
+        a, b = simulate(rng, difficulty, 0.3, 3), simulate(rng, difficulty, 0.0, 3)
+        i = stats.bootstrap(a, b, replicates=1000, seed=t)
+        covered += i.low <= truth <= i.high
+        widths.append(i.high - i.low)
+        estimates.append(i.mean)
+    assert covered / trials >= 0.92
+    # conservative (seeds' own per-example noise is counted again by the example resampling), but not by much:
+    assert np.mean(widths) <= 1.5 * 2 * 1.96 * np.std(estimates)
+
+
+def test_a_real_difference_is_detected_and_its_sign_kept():
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(-2.0, 2.0, size=872)
+    a, b = simulate(rng, difficulty, 1.0, 5), simulate(rng, difficulty, 0.0, 5)
+    i = stats.bootstrap(a, b)
+    assert i.low > 0
+    assert stats.bootstrap(b, a).high < 0
+
+
+def test_no_difference_gives_an_interval_containing_zero():
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(-2.0, 2.0, size=872)
+    i = stats.bootstrap(simulate(rng, difficulty, 0.0, 3), simulate(rng, difficulty, 0.0, 3))
+    assert i.contains_zero
+    assert "no difference" in stats.verdict(i, "A", "B")
+
+
+def test_a_run_compared_with_itself_differs_by_exactly_zero():
+    rng = np.random.default_rng(0)
+    a = simulate(rng, rng.normal(size=100), 0.0, 1)
+    i = stats.bootstrap(a, a.copy())
+    assert (i.mean, i.low, i.high) == (0.0, 0.0, 0.0)
+
+
+def test_more_seeds_and_examples_narrow_the_interval():
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(-2.0, 2.0, size=3000)
+    wide = stats.bootstrap(simulate(rng, difficulty[:500], 0.0, 2))
+    narrow = stats.bootstrap(simulate(rng, difficulty, 0.0, 8))
+    assert narrow.high - narrow.low < wide.high - wide.low
+
+
+def test_results_table_in_interval_out():
+    labels = "0101"
+    df = pd.DataFrame({"experiment": ["x", "x", "y", "y"], "seed": [0, 1, 0, 1],
+                       "predictions": ["0101", "0100", "1010", "0000"], "validation_labels": [labels] * 4})
+    assert stats.accuracy(df, "x").mean == pytest.approx(87.5)
+    assert stats.difference(df, "x", "y").mean == pytest.approx(62.5)
+    assert list(stats.summary_table(df, ["x", "y"])["seeds"]) == [2, 2]
+
+
+def test_unusable_runs_are_refused_with_the_fix():
+    df = pd.DataFrame({"experiment": ["x"], "seed": [0], "predictions": [None], "validation_labels": ["01"]})
+    with pytest.raises(ValueError, match="python -m lora_tutorial predict"):
+        stats.accuracy(df, "x")
+    with pytest.raises(ValueError, match="No stored runs of 'z'"):
+        stats.accuracy(df, "z")
+    with pytest.raises(ValueError, match="same validation split"):
+        stats.correctness(["010"], "01")
