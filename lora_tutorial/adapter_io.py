@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .lora import LoRAConfig, apply_lora, lora_layers, remove_lora
+from .lora import LORA_PARAMS, LoRAConfig, apply_lora, is_lora_param, lora_layers, remove_lora
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."
@@ -21,12 +21,12 @@ PREFIX = "base_model.model."
 
 def _to_peft_key(name: str) -> str:
     """``...query.lora_A`` -> ``base_model.model....query.lora_A.weight``; head params keep their names."""
-    return PREFIX + (f"{name}.weight" if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B") else name)
+    return PREFIX + (f"{name}.weight" if is_lora_param(name) else name)
 
 
 def _from_peft_key(key: str) -> str:
     name = key.removeprefix(PREFIX)
-    for ab in ("lora_A", "lora_B"):
+    for ab in LORA_PARAMS:
         if name.endswith(f".{ab}.weight"):
             return name.removesuffix(".weight")
     return name
@@ -35,7 +35,7 @@ def _from_peft_key(key: str) -> str:
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's tensors under our parameter names: LoRA matrices and trainable modules."""
     return {n: p.detach() for n, p in model.named_parameters()
-            if p.requires_grad or n.rsplit(".", 1)[-1] in ("lora_A", "lora_B")}
+            if p.requires_grad or is_lora_param(n)}
 
 
 def copy_to_peft(model: nn.Module, peft_model: nn.Module) -> nn.Module:
@@ -45,7 +45,7 @@ def copy_to_peft(model: nn.Module, peft_model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for name, tensor in adapter_state_dict(model).items():
             module, leaf = name.rsplit(".", 1)
-            if leaf in ("lora_A", "lora_B", "lora_magnitude_vector"):  # peft: one adapter per name, "default"
+            if leaf in (*LORA_PARAMS, "lora_magnitude_vector"):  # peft: one adapter per name, "default"
                 keys = [f"{PREFIX}{module}.{leaf}.default.weight"]
             else:  # peft trains a copy of each module in modules_to_save
                 parts = module.split(".")
@@ -68,16 +68,7 @@ def save_adapter(model: nn.Module, path: str | Path, task_type: str = "SEQ_CLS")
     path.mkdir(parents=True, exist_ok=True)
     tensors = {_to_peft_key(n): t.contiguous().cpu() for n, t in adapter_state_dict(model).items()}
     save_file(tensors, path / WEIGHTS_FILE, metadata={"format": "pt"})
-    peft_config = {
-        "peft_type": "LORA", "task_type": task_type,
-        "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None),
-        "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
-        "target_modules": list(config.target_modules), "layers_to_transform": config.layers,
-        "layers_pattern": "layer" if config.layers is not None else None,
-        "use_rslora": config.rslora, "init_lora_weights": "gaussian" if config.init == "gaussian" else True,
-        "modules_to_save": list(config.trainable) or None,
-        "bias": "none", "fan_in_fan_out": False, "use_dora": config.dora, "inference_mode": True,
-    }
+    peft_config = config.to_peft(task_type, getattr(getattr(model, "config", None), "_name_or_path", None), True)
     (path / CONFIG_FILE).write_text(json.dumps(peft_config, indent=2))
     return path
 
@@ -90,18 +81,10 @@ def read_adapter_config(path: str | Path) -> LoRAConfig:
     c = json.loads(file.read_text())
     if c.get("peft_type") != "LORA":
         raise ValueError(f"{file} is a {c.get('peft_type')} adapter; only LoRA (and DoRA) adapters can be loaded here.")
-    if isinstance(c["target_modules"], str):
-        raise ValueError(f"{file} gives target_modules as a regex ({c['target_modules']!r}); "
-                         "only a list of module names is supported.")
-    layers = c.get("layers_to_transform")
-    return LoRAConfig(
-        r=c["r"], alpha=c["lora_alpha"], dropout=c.get("lora_dropout", 0.0),
-        target_modules=tuple(c["target_modules"]),
-        layers=[layers] if isinstance(layers, int) else layers,
-        rslora=bool(c.get("use_rslora", False)),
-        init="gaussian" if c.get("init_lora_weights") == "gaussian" else "kaiming",
-        trainable=tuple(c.get("modules_to_save") or ()), dora=bool(c.get("use_dora", False)),
-    )
+    try:
+        return LoRAConfig.from_peft(c)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
@@ -137,7 +120,7 @@ def _load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         if params[name].shape != tensor.shape:
             raise ValueError(f"Shape mismatch for {name!r}: adapter {tuple(tensor.shape)} vs model "
                              f"{tuple(params[name].shape)}; the adapter was saved for another model size or rank.")
-    missing = [n for n in params if n.rsplit(".", 1)[-1] in ("lora_A", "lora_B") and n not in loaded]
+    missing = [n for n in params if is_lora_param(n) and n not in loaded]
     if missing:
         raise ValueError(f"The adapter in {path} lacks {len(missing)} LoRA matrices the model has "
                          f"(first: {missing[0]!r}); its target_modules or layers differ.")

@@ -36,8 +36,7 @@ def make_variant(base: nn.Module, variant: str, r: int = 16, dropout: float = 0.
         return model.requires_grad_(True)
     if variant == "peft":
         from peft import LoraConfig, get_peft_model
-        return get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=2 * r, lora_dropout=dropout,
-                                                target_modules=["query", "value"]))
+        return get_peft_model(model, LoraConfig(**LoRAConfig(r=r, alpha=2 * r, dropout=dropout).to_peft()))
     if variant in ("lora", "lora_nodropout", "lora_upper"):
         apply_lora(model, LoRAConfig(r=r, alpha=2 * r, dropout=0.0 if variant == "lora_nodropout" else dropout,
                                      layers=list(range(layers // 2, layers)) if variant == "lora_upper" else None))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import LoRALinear
+from .lora import VARIANTS, LoRALinear
 
 
 class DoRALinear(LoRALinear):
@@ -45,3 +45,6 @@ class DoRALinear(LoRALinear):
         if self.merged:
             self.base.weight.copy_(self.base.weight / self.merged_scale[:, None] - self.delta_weight())
             self.merged.fill_(False)
+
+
+VARIANTS["dora"] = DoRALinear

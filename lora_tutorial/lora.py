@@ -15,6 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 INITS = ("kaiming", "gaussian")
+LORA_PARAMS = ("lora_A", "lora_B")  # the parameter names of a LoRA update (peft's names too)
+
+
+def is_lora_param(name: str) -> bool:
+    """Whether a parameter name (``...query.lora_A``) is one of LoRA's A or B matrices."""
+    return name.rsplit(".", 1)[-1] in LORA_PARAMS
+
+
+def lora_scaling(r: int, alpha: float, rslora: bool = False) -> float:
+    """The factor s in ``s * B A``: ``alpha / r``, or ``alpha / sqrt(r)`` for rsLoRA."""
+    return alpha / math.sqrt(r) if rslora else alpha / r
 
 
 def _check_hparams(r: int, alpha: float, dropout: float, init: str) -> None:
@@ -49,7 +60,7 @@ class LoRALinear(nn.Module):
             raise ValueError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}.")
         self.base = base.requires_grad_(False)
         self.r, self.alpha, self.rslora, self.init = r, alpha, rslora, init
-        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
+        self.scaling = lora_scaling(r, alpha, rslora)
         w = base.weight
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=w.device, dtype=w.dtype))
@@ -94,6 +105,10 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, merged={bool(self.merged)}"
 
 
+# The layer class of each variant; a variant module registers itself (dora.py adds "dora").
+VARIANTS: dict[str, type[LoRALinear]] = {"lora": LoRALinear}
+
+
 @dataclass
 class LoRAConfig:
     """Where and how to add LoRA. ``layers=None`` adapts every encoder layer; ``trainable`` names
@@ -117,6 +132,31 @@ class LoRAConfig:
             raise ValueError("target_modules is empty; name the Linear layers to adapt, e.g. ('query', 'value').")
         if self.layers is not None:
             self.layers = sorted(set(int(i) for i in self.layers))
+
+    def to_peft(self, task_type: str = "SEQ_CLS", base_model: str | None = None, inference_mode: bool = False) -> dict:
+        """The same adapter as peft's ``LoraConfig`` fields (``peft.LoraConfig(**config.to_peft())``)."""
+        return {
+            "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model,
+            "r": self.r, "lora_alpha": self.alpha, "lora_dropout": self.dropout,
+            "target_modules": list(self.target_modules), "layers_to_transform": self.layers,
+            "layers_pattern": "layer" if self.layers is not None else None,
+            "use_rslora": self.rslora, "init_lora_weights": "gaussian" if self.init == "gaussian" else True,
+            "modules_to_save": list(self.trainable) or None,
+            "bias": "none", "fan_in_fan_out": False, "use_dora": self.dora, "inference_mode": inference_mode,
+        }
+
+    @classmethod
+    def from_peft(cls, c: dict) -> LoRAConfig:
+        """Read peft's ``adapter_config.json`` fields (a list of target modules, not a regex)."""
+        if isinstance(c["target_modules"], str):
+            raise ValueError(f"target_modules is a regex ({c['target_modules']!r}); only a list of module names "
+                             "is supported.")
+        layers = c.get("layers_to_transform")
+        return cls(r=c["r"], alpha=c["lora_alpha"], dropout=c.get("lora_dropout", 0.0),
+                   target_modules=tuple(c["target_modules"]), layers=[layers] if isinstance(layers, int) else layers,
+                   rslora=bool(c.get("use_rslora", False)),
+                   init="gaussian" if c.get("init_lora_weights") == "gaussian" else "kaiming",
+                   trainable=tuple(c.get("modules_to_save") or ()), dora=bool(c.get("use_dora", False)))
 
 
 @dataclass
@@ -182,8 +222,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
     if not targets:
         raise ValueError(f"No nn.Linear matched target_modules={list(config.target_modules)}; "
                          "print(model) to see the module names (BERT uses query, key, value, dense).")
-    from .dora import DoRALinear
-    layer_class = DoRALinear if config.dora else LoRALinear
+    layer_class = VARIANTS["dora" if config.dora else "lora"]
     model.requires_grad_(False)
     summary = LoRASummary()
     for name, linear in targets:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import pandas as pd
 from torch import nn
 
+from .lora import is_lora_param
+
 
 @dataclass(frozen=True)
 class ParameterCount:
@@ -51,7 +53,7 @@ def count_parameters(model: nn.Module) -> ParameterCount:
     """Count a model's parameters by group: LoRA, other trainable (head), frozen."""
     lora = head = frozen = 0
     for name, p in model.named_parameters():
-        if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
+        if is_lora_param(name):
             lora += p.numel()
         elif p.requires_grad:
             head += p.numel()

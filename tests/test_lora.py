@@ -8,6 +8,7 @@ from torch import nn
 
 from helpers import randomize_lora
 from lora_tutorial import LoRAConfig, LoRALinear, apply_lora, lora_layers, merge_lora, remove_lora
+from lora_tutorial.lora import is_lora_param
 
 
 def make_layer(**kw):
@@ -90,7 +91,7 @@ def test_gradients_reach_only_lora_and_trainable_modules(minilm, batch):
     minilm(**batch, labels=torch.tensor([1, 0, 1])).loss.backward()
     with_grad = {n for n, p in minilm.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     allowed = {n for n, _ in minilm.named_parameters()
-               if n.endswith(("lora_A", "lora_B")) or n.startswith(("classifier.", "bert.pooler."))}
+               if is_lora_param(n) or n.startswith(("classifier.", "bert.pooler."))}
     assert with_grad == allowed
     assert {n for n, p in minilm.named_parameters() if p.requires_grad} == allowed
 

@@ -11,9 +11,7 @@ from lora_tutorial import LoRAConfig, apply_lora, copy_to_peft, load_adapter, lo
 
 
 def peft_config(cfg: LoRAConfig) -> LoraConfig:
-    return LoraConfig(task_type="SEQ_CLS", r=cfg.r, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules),
-                      layers_to_transform=cfg.layers, layers_pattern="layer" if cfg.layers else None,
-                      use_rslora=cfg.rslora, use_dora=cfg.dora, modules_to_save=[m for m in cfg.trainable if m != "classifier"] or None)
+    return LoraConfig(**cfg.to_peft())
 
 
 CONFIGS = [
