@@ -19,5 +19,9 @@ class MystNotebook(IPyNbFile):
 
 def pytest_collect_file(file_path, parent):
     opt = parent.config.option
-    if (opt.nbval or opt.nbval_lax) and file_path.suffix == ".md" and "jupytext:" in file_path.read_text()[:400]:
+    if (
+        (opt.nbval or opt.nbval_lax)
+        and file_path.suffix == ".md"
+        and "jupytext:" in file_path.read_text()[:400]
+    ):
         return MystNotebook.from_parent(parent, path=file_path)

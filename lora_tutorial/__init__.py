@@ -7,6 +7,17 @@ from .params import ParameterCount, count_parameters
 
 __version__ = "0.1.0"
 __all__ = [
-    "LoRAConfig", "LoRALinear", "LoRASummary", "ParameterCount", "apply_lora", "copy_to_peft", "count_parameters",
-    "load_adapter", "lora_layers", "merge_lora", "read_adapter_config", "remove_lora", "save_adapter",
+    "LoRAConfig",
+    "LoRALinear",
+    "LoRASummary",
+    "ParameterCount",
+    "apply_lora",
+    "copy_to_peft",
+    "count_parameters",
+    "load_adapter",
+    "lora_layers",
+    "merge_lora",
+    "read_adapter_config",
+    "remove_lora",
+    "save_adapter",
 ]

@@ -34,8 +34,7 @@ def _from_peft_key(key: str) -> str:
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's tensors under our parameter names: LoRA matrices and trainable modules."""
-    return {n: p.detach() for n, p in model.named_parameters()
-            if p.requires_grad or is_lora_param(n)}
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad or is_lora_param(n)}
 
 
 def copy_to_peft(model: nn.Module, peft_model: nn.Module) -> nn.Module:
@@ -49,12 +48,16 @@ def copy_to_peft(model: nn.Module, peft_model: nn.Module) -> nn.Module:
                 keys = [f"{PREFIX}{module}.{leaf}.default.weight"]
             else:  # peft trains a copy of each module in modules_to_save
                 parts = module.split(".")
-                keys = [f"{PREFIX}{'.'.join(parts[:i])}.modules_to_save.default.{'.'.join(parts[i:] + [leaf])}"
-                        for i in range(1, len(parts) + 1)] + [PREFIX + name]
+                keys = [
+                    f"{PREFIX}{'.'.join(parts[:i])}.modules_to_save.default.{'.'.join(parts[i:] + [leaf])}"
+                    for i in range(1, len(parts) + 1)
+                ] + [PREFIX + name]
             key = next((k for k in keys if k in theirs), None)
             if key is None:
-                raise ValueError(f"The peft model has no parameter for our {name!r}; build it with the same "
-                                 "target_modules, layers and modules_to_save.")
+                raise ValueError(
+                    f"The peft model has no parameter for our {name!r}; build it with the same "
+                    "target_modules, layers and modules_to_save."
+                )
             theirs[key].copy_(tensor)
     return peft_model
 
@@ -68,7 +71,9 @@ def save_adapter(model: nn.Module, path: str | Path, task_type: str = "SEQ_CLS")
     path.mkdir(parents=True, exist_ok=True)
     tensors = {_to_peft_key(n): t.contiguous().cpu() for n, t in adapter_state_dict(model).items()}
     save_file(tensors, path / WEIGHTS_FILE, metadata={"format": "pt"})
-    peft_config = config.to_peft(task_type, getattr(getattr(model, "config", None), "_name_or_path", None), True)
+    peft_config = config.to_peft(
+        task_type, getattr(getattr(model, "config", None), "_name_or_path", None), True
+    )
     (path / CONFIG_FILE).write_text(json.dumps(peft_config, indent=2))
     return path
 
@@ -80,7 +85,9 @@ def read_adapter_config(path: str | Path) -> LoRAConfig:
         raise ValueError(f"No {CONFIG_FILE} in {path}; point at the folder save_adapter or peft wrote.")
     c = json.loads(file.read_text())
     if c.get("peft_type") != "LORA":
-        raise ValueError(f"{file} is a {c.get('peft_type')} adapter; only LoRA (and DoRA) adapters can be loaded here.")
+        raise ValueError(
+            f"{file} is a {c.get('peft_type')} adapter; only LoRA (and DoRA) adapters can be loaded here."
+        )
     try:
         return LoRAConfig.from_peft(c)
     except ValueError as e:
@@ -103,10 +110,14 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
                 p.requires_grad_(requires_grad[n])
             raise
     if current.r != config.r:
-        raise ValueError(f"The model's LoRA rank is r={current.r} but the adapter in {path} has r={config.r}; "
-                         "load it into the base model instead (without apply_lora).")
+        raise ValueError(
+            f"The model's LoRA rank is r={current.r} but the adapter in {path} has r={config.r}; "
+            "load it into the base model instead (without apply_lora)."
+        )
     if any(layer.merged for layer in lora_layers(model).values()):
-        raise ValueError("The model's LoRA layers are merged; call unmerge() on them before loading an adapter.")
+        raise ValueError(
+            "The model's LoRA layers are merged; call unmerge() on them before loading an adapter."
+        )
     return _load_weights(model, path)
 
 
@@ -115,15 +126,21 @@ def _load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     loaded = {_from_peft_key(k): v for k, v in load_file(Path(path) / WEIGHTS_FILE).items()}
     for name, tensor in loaded.items():
         if name not in params:
-            raise ValueError(f"The adapter has {name!r} but the model does not: it was saved for another "
-                             "architecture or other target_modules/layers.")
+            raise ValueError(
+                f"The adapter has {name!r} but the model does not: it was saved for another "
+                "architecture or other target_modules/layers."
+            )
         if params[name].shape != tensor.shape:
-            raise ValueError(f"Shape mismatch for {name!r}: adapter {tuple(tensor.shape)} vs model "
-                             f"{tuple(params[name].shape)}; the adapter was saved for another model size or rank.")
+            raise ValueError(
+                f"Shape mismatch for {name!r}: adapter {tuple(tensor.shape)} vs model "
+                f"{tuple(params[name].shape)}; the adapter was saved for another model size or rank."
+            )
     missing = [n for n in params if is_lora_param(n) and n not in loaded]
     if missing:
-        raise ValueError(f"The adapter in {path} lacks {len(missing)} LoRA matrices the model has "
-                         f"(first: {missing[0]!r}); its target_modules or layers differ.")
+        raise ValueError(
+            f"The adapter in {path} lacks {len(missing)} LoRA matrices the model has "
+            f"(first: {missing[0]!r}); its target_modules or layers differ."
+        )
     with torch.no_grad():
         for name, tensor in loaded.items():
             params[name].copy_(tensor)

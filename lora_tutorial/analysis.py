@@ -17,8 +17,13 @@ def adapter_matrices(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Te
     config = read_adapter_config(path)
     scaling = lora_scaling(config.r, config.alpha, config.rslora)
     tensors = load_file(Path(path) / WEIGHTS_FILE)
-    names = sorted(k.removeprefix(PREFIX).removesuffix(".lora_A.weight") for k in tensors if k.endswith(".lora_A.weight"))
-    return {n: (tensors[f"{PREFIX}{n}.lora_A.weight"], tensors[f"{PREFIX}{n}.lora_B.weight"], scaling) for n in names}
+    names = sorted(
+        k.removeprefix(PREFIX).removesuffix(".lora_A.weight") for k in tensors if k.endswith(".lora_A.weight")
+    )
+    return {
+        n: (tensors[f"{PREFIX}{n}.lora_A.weight"], tensors[f"{PREFIX}{n}.lora_B.weight"], scaling)
+        for n in names
+    }
 
 
 def delta_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -28,7 +28,9 @@ def read_tsv(path: str | Path) -> Dataset:
         for lineno, line in enumerate(f, start=2):
             fields = line.rstrip("\n").split("\t")
             if len(fields) != 2:
-                raise ValueError(f"{path}:{lineno}: expected 'sentence<TAB>label' (2 fields), got {len(fields)}.")
+                raise ValueError(
+                    f"{path}:{lineno}: expected 'sentence<TAB>label' (2 fields), got {len(fields)}."
+                )
             if fields[1] not in ("0", "1"):
                 raise ValueError(f"{path}:{lineno}: label {fields[1]!r} is not 0 or 1.")
             sentences.append(fields[0])
@@ -49,33 +51,41 @@ def load_sst2(source: str | Path | None = None) -> DatasetDict:
         return _load_from_hub()
     folder = Path(source)
     if not folder.is_dir():
-        raise ValueError(f"SST-2 folder {folder} does not exist; pass a folder with train.tsv and "
-                         f"validation.tsv (or set {ENV_VAR}), or source='hub'. A relative path is read from "
-                         f"the current directory, {Path.cwd()} (chapters run in book/): give an absolute one.")
+        raise ValueError(
+            f"SST-2 folder {folder} does not exist; pass a folder with train.tsv and "
+            f"validation.tsv (or set {ENV_VAR}), or source='hub'. A relative path is read from "
+            f"the current directory, {Path.cwd()} (chapters run in book/): give an absolute one."
+        )
     missing = [f"{s}.tsv" for s in SPLITS if not (folder / f"{s}.tsv").is_file()]
     if missing:
-        raise ValueError(f"SST-2 folder {folder} lacks {', '.join(missing)}; it needs train.tsv and validation.tsv.")
+        raise ValueError(
+            f"SST-2 folder {folder} lacks {', '.join(missing)}; it needs train.tsv and validation.tsv."
+        )
     return DatasetDict({s: read_tsv(folder / f"{s}.tsv") for s in SPLITS})
 
 
 def _load_from_hub() -> DatasetDict:
     from datasets import load_dataset
+
     try:
         ds = load_dataset(HUB_ID)
     except Exception as e:  # datasets raises several kinds (ConnectionError, OSError, HfHubHTTPError...)
-        raise ValueError(f"Could not download SST-2 from the Hugging Face Hub ({e.__class__.__name__}). "
-                         f"Either connect to the internet, or use a local GLUE SST-2 folder with train.tsv "
-                         f"and validation.tsv: load_sst2('/path/to/sst2') or export {ENV_VAR}=/path/to/sst2."
-                         ) from e
+        raise ValueError(
+            f"Could not download SST-2 from the Hugging Face Hub ({e.__class__.__name__}). "
+            f"Either connect to the internet, or use a local GLUE SST-2 folder with train.tsv "
+            f"and validation.tsv: load_sst2('/path/to/sst2') or export {ENV_VAR}=/path/to/sst2."
+        ) from e
     return DatasetDict({s: ds[s].select_columns(["sentence", "label"]).cast(FEATURES) for s in SPLITS})
 
 
 def tokenize(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int = 128) -> DatasetDict:
     """Token ids per sentence, unpadded (padding happens per batch), plus a ``length`` column."""
+
     def encode(batch):
         enc = tokenizer(batch["sentence"], truncation=True, max_length=max_length)
         enc["length"] = [len(ids) for ids in enc["input_ids"]]
         return enc
+
     return data.map(encode, batched=True, remove_columns=["sentence"], desc="tokenizing")
 
 
@@ -84,9 +94,16 @@ class LengthGroupedBatches(Sampler[list[int]]):
     length, split into batches, shuffle the batch order. With ``shuffle=False``: sorted, for evaluation.
     Each pass over it draws a new order from ``seed`` and the pass number, so runs are reproducible."""
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True,
-                 seed: int = 0, chunk: int = 64) -> None:
-        self.lengths, self.batch_size, self.shuffle, self.seed, self.chunk = list(lengths), batch_size, shuffle, seed, chunk
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0, chunk: int = 64
+    ) -> None:
+        self.lengths, self.batch_size, self.shuffle, self.seed, self.chunk = (
+            list(lengths),
+            batch_size,
+            shuffle,
+            seed,
+            chunk,
+        )
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -96,7 +113,7 @@ class LengthGroupedBatches(Sampler[list[int]]):
         n, size = len(self.lengths), self.batch_size
         if not self.shuffle:
             order = sorted(range(n), key=self.lengths.__getitem__)
-            yield from (order[i:i + size] for i in range(0, n, size))
+            yield from (order[i : i + size] for i in range(0, n, size))
             return
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         self.epoch += 1
@@ -104,8 +121,8 @@ class LengthGroupedBatches(Sampler[list[int]]):
         span = size * self.chunk
         batches = []
         for start in range(0, n, span):
-            group = sorted(perm[start:start + span], key=self.lengths.__getitem__, reverse=True)
-            batches += [group[i:i + size] for i in range(0, len(group), size)]
+            group = sorted(perm[start : start + span], key=self.lengths.__getitem__, reverse=True)
+            batches += [group[i : i + size] for i in range(0, len(group), size)]
         yield from (batches[i] for i in torch.randperm(len(batches), generator=g).tolist())
 
 
@@ -122,4 +139,4 @@ def padding_fraction(lengths: Sequence[int], batches: Iterator[list[int]]) -> fl
 def random_batches(n: int, batch_size: int, seed: int = 0) -> list[list[int]]:
     """Plain shuffled batches, the baseline that length grouping is compared against."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]

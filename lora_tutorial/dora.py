@@ -13,8 +13,15 @@ from .lora import VARIANTS, LoRALinear
 class DoRALinear(LoRALinear):
     """A LoRA layer plus a trainable magnitude per output (``lora_magnitude_vector``, peft's name)."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
-                 init: str = "kaiming", rslora: bool = False) -> None:
+    def __init__(
+        self,
+        base: nn.Linear,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        init: str = "kaiming",
+        rslora: bool = False,
+    ) -> None:
         super().__init__(base, r, alpha, dropout, init, rslora)
         self.lora_magnitude_vector = nn.Parameter(base.weight.detach().norm(dim=1).clone())
         self.register_buffer("merged_scale", torch.ones_like(self.lora_magnitude_vector))

@@ -1,132 +1,292 @@
-"""The study's experiments and profiles: every hyper-parameter of every run is stated here."""
+"""The study's experiments and profiles: every hyper-parameter of every run is stated here.
+
+A run is a :class:`RunSpec`: a profile (model, data and optimiser settings shared by its runs), an
+:class:`Experiment` (what is trained, at which learning rate, for how many epochs, on how many examples)
+and a seed. An experiment's name is the short way to type it: ``lora-r16`` leaves the learning rate,
+epochs and budget to the profile; once resolved against a profile the name says all of them,
+``lora-r16-qv-e2@1e-3`` or ``lora-r8-qv-upper-e1-n20000@1e-3``, and parsing that name gives the same spec.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from .lora import LoRAConfig
 
 HEAD = ("classifier", "pooler")  # trained by every method (the embedded model's pooler was never trained)
 RANKS = (1, 4, 8, 16, 32)
-MODULE_SETS = {"q": ("query",), "v": ("value",), "qv": ("query", "value"),
-               "qkvo": ("query", "key", "value", "attention.output.dense"),
-               "qkvo-ffn": ("query", "key", "value", "attention.output.dense", "intermediate.dense",
-                            "output.dense")}
+MODULE_SETS = {
+    "q": ("query",),
+    "v": ("value",),
+    "qv": ("query", "value"),
+    "qkvo": ("query", "key", "value", "attention.output.dense"),
+    "qkvo-ffn": ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"),
+}  # qkvo-ffn: every linear layer of the encoder
+ALL_LINEAR = "qkvo-ffn"
+VARIANT_NAMES = ("lora", "rslora", "dora", "loraplus")
+LORAPLUS_RATIO = 16.0  # LoRA+: B's learning rate over A's (Hayou et al., 2024)
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Model, data budget and optimisation settings shared by all runs of a profile."""
+    """Model, data budget and optimisation settings shared by all runs of a profile. ``lr`` and ``epochs``
+    give each kind of experiment its rate and epochs: keys ``full``, ``head``, ``lora`` (LoRA on any
+    projections) and ``lora-qkvo-ffn`` (LoRA on every linear layer), falling back to ``lora``."""
 
     name: str
     model: str
-    num_layers: int
-    epochs: int
     batch_size: int
-    lr_full: float
-    lr_lora: float
-    lr_head: float
+    lr: dict[str, float]
+    epochs: dict[str, int]
     max_length: int = 128
-    train_limit: int | None = None   # None: the full SST-2 training split
-    eval_limit: int | None = None    # None: the full validation split
+    train_limit: int | None = None  # None: the full SST-2 training split
+    eval_limit: int | None = None  # None: the full validation split
     lora_dropout: float = 0.1
-    ablation_train_limit: int | None = None  # smaller fixed budget for ablations (names with -target/-layers)
-    lora_epochs: int | None = None  # epochs of the LoRA runs on the full budget (None: epochs); ablations train epochs
+    ablation_train_limit: int | None = None  # the layers/modules/variants suites' smaller budget
+    ablation_epochs: int = 1
+    sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)  # learning rates tried, per kind
+
+    def fixed_settings(self, method: str) -> dict:
+        """The settings every run of ``method`` shares in this profile (not part of an experiment's name):
+        a stored run made with other values is stale."""
+        out = {
+            "model": self.model,
+            "batch_size": self.batch_size,
+            "max_length": self.max_length,
+            "eval_limit": self.eval_limit,
+        }
+        return out | ({"lora_dropout": self.lora_dropout} if method == "lora" else {})
 
 
-# The cpu learning rates were chosen on the validation split: first with the cpu-tune profile (results/cpu-tune,
-# 20k examples): full fine-tuning 2e-5, 5e-5, 1e-4, 2e-4 -> 2e-4; LoRA r=16 5e-4, 1e-3, 2e-3, 4e-3 -> 2e-3; then on
-# the full split (results/cpu, names with @lr): full fine-tuning 2e-4 -> 1e-4. LoRA epochs on the full split:
-# 1 epoch (results/cpu/superseded) -> 2 (a LoRA epoch takes about 0.6 of a full fine-tuning epoch); with 2 epochs,
-# LoRA r=16 at 2e-3 vs 1e-3 on seeds 0 and 1 -> 1e-3 (higher mean, smaller spread); then 2 vs 3 LoRA epochs
-# at 1e-3 on seeds 0 and 1 -> 2 (3 epochs was lower on both seeds); then LoRA dropout 0.1 vs 0 on seeds 0 and 1
-# -> 0.1 (no dropout: higher on seed 0, lower on seed 1, lower mean).
 PROFILES = {
-    "smoke": Profile("smoke", model="tiny", num_layers=2, epochs=3, batch_size=32, lr_full=1e-3, lr_lora=3e-3, lr_head=3e-3,
-                     max_length=64, train_limit=2048, eval_limit=256, lora_dropout=0.0),
-    "cpu": Profile("cpu", model="minilm", num_layers=6, epochs=1, batch_size=32, lr_full=1e-4, lr_lora=1e-3, lr_head=1e-3,
-                   ablation_train_limit=20_000, lora_epochs=2),
-    # Learning-rate selection: the cpu settings on a fixed 20,000-example subset of the training split.
-    "cpu-tune": Profile("cpu-tune", model="minilm", num_layers=6, epochs=1, batch_size=32, lr_full=2e-5,
-                        lr_lora=1e-3, lr_head=1e-3, train_limit=20_000),
-    "gpu": Profile("gpu", model="bert-base-uncased", num_layers=12, epochs=3, batch_size=32, lr_full=2e-5, lr_lora=5e-4,
-                   lr_head=1e-3),
+    "smoke": Profile(
+        "smoke",
+        model="tiny",
+        batch_size=32,
+        lr={"full": 1e-3, "lora": 3e-3, "head": 3e-3},
+        epochs={"full": 3, "lora": 3, "head": 3},
+        max_length=64,
+        train_limit=2048,
+        eval_limit=256,
+        lora_dropout=0.0,
+        ablation_epochs=3,
+    ),
+    # Settings chosen on the validation split; how, and every run that chose them: the provenance appendix.
+    "cpu": Profile(
+        "cpu",
+        model="minilm",
+        batch_size=32,
+        lr={"full": 1e-4, "lora": 1e-3, "head": 1e-3},
+        epochs={"full": 1, "lora": 2, "head": 1},
+        ablation_train_limit=20_000,
+        sweep={
+            "full": (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
+            "lora": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+            "lora-qkvo-ffn": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+        },
+    ),
+    "gpu": Profile(
+        "gpu",
+        model="bert-base-uncased",
+        batch_size=32,
+        lr={"full": 2e-5, "lora": 5e-4, "head": 1e-3},
+        epochs={"full": 3, "lora": 3, "head": 3},
+    ),
 }
+
+
+def lr_text(lr: float) -> str:
+    """A learning rate as a name writes it: ``1e-3``, ``2.5e-5``."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+_NAME = re.compile(
+    r"(?:(full|head)|(lora|rslora|dora|loraplus)-r(\d+)(?:-(q|v|qv|qkvo-ffn|qkvo))?"
+    r"(?:-(lower|upper|layer\d+))?)(?:-e(\d+))?(?:-n(\d+))?(?:@(.+))?"
+)
+GRAMMAR = (
+    "full | head | lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn][-lower|-upper|-layer<i>][-e<epochs>][-n<examples>]"
+    "[@<lr>] (rslora-, dora-, loraplus- for lora-), e.g. lora-r16, lora-r8-layer3, full@5e-5, "
+    "lora-r8-upper-n20000"
+)
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """One configuration of the study: ``full``, ``head`` (head only) or ``lora``."""
+    """What one run trains: ``full``, ``head`` (head only) or ``lora`` (one of its variants), with the
+    learning rate, epochs and number of training examples (``None``: the profile's)."""
 
-    name: str
     method: str
     r: int | None = None
     target: str = "qv"
-    layers: str = "all"   # "all", "lower", "upper" or a single layer index as a string
-    lr: float | None = None  # overrides the profile's learning rate for this method
-    variant: str = "lora"    # "lora", "rslora" (alpha/sqrt(r)), "dora" or "loraplus" (B learns 16x faster)
-    ablation: bool = False   # named with a target or layers part: trains on the profile's ablation budget
+    layers: str = "all"  # "all", "lower", "upper" or a single layer index as a string
+    variant: str = "lora"  # "lora", "rslora" (alpha/sqrt(r)), "dora" or "loraplus" (B learns 16x faster)
+    lr: float | None = None
+    epochs: int | None = None
+    train_examples: int | None = (
+        None  # None: the profile's training set (its train_limit, else the full split)
+    )
+
+    @classmethod
+    def parse(cls, name: str) -> Experiment:
+        """The experiment a name describes (see :data:`GRAMMAR`)."""
+        m = _NAME.fullmatch(name)
+        try:
+            lr = float(m.group(8)) if m and m.group(8) else None
+        except ValueError:
+            lr = None
+            m = None
+        if (
+            not m
+            or (m.group(3) and int(m.group(3)) <= 0)
+            or (lr is not None and lr <= 0)
+            or m.group(6) == "0"
+        ):
+            raise ValueError(f"Unknown experiment {name!r}; use {GRAMMAR}.")
+        epochs, examples = (int(g) if g else None for g in m.group(6, 7))
+        if m.group(1):
+            return cls(m.group(1), lr=lr, epochs=epochs, train_examples=examples)
+        return cls(
+            "lora",
+            r=int(m.group(3)),
+            target=m.group(4) or "qv",
+            layers=(m.group(5) or "all").removeprefix("layer"),
+            variant=m.group(2),
+            lr=lr,
+            epochs=epochs,
+            train_examples=examples,
+        )
+
+    @property
+    def name(self) -> str:
+        """The name that parses back to this experiment."""
+        parts = [self.method if self.method != "lora" else f"{self.variant}-r{self.r}-{self.target}"]
+        if self.method == "lora" and self.layers != "all":
+            parts.append(self.layers if not self.layers.isdigit() else f"layer{self.layers}")
+        if self.epochs is not None:
+            parts.append(f"e{self.epochs}")
+        if self.train_examples is not None:
+            parts.append(f"n{self.train_examples}")
+        return "-".join(parts) + (f"@{lr_text(self.lr)}" if self.lr is not None else "")
+
+    @property
+    def kind(self) -> str:
+        """Which of a profile's ``lr`` and ``epochs`` entries applies: full, head, lora or lora-qkvo-ffn."""
+        return f"lora-{ALL_LINEAR}" if self.method == "lora" and self.target == ALL_LINEAR else self.method
 
     @property
     def lr_ratio_b(self) -> float:
-        """B's learning rate over A's (LoRA+, Hayou et al., 2024)."""
+        """B's learning rate over A's (LoRA+)."""
         return LORAPLUS_RATIO if self.variant == "loraplus" else 1.0
 
-    def epochs(self, profile: Profile) -> int:
-        longer = self.method == "lora" and not self.ablation and profile.lora_epochs
-        return profile.lora_epochs if longer else profile.epochs
+    def resolve(self, profile: Profile) -> Experiment:
+        """The same experiment with the profile's learning rate, epochs and budget filled in."""
 
-    def learning_rate(self, profile: Profile) -> float:
-        return self.lr if self.lr is not None else getattr(profile, f"lr_{self.method}")
+        def pick(table: dict):
+            return table.get(self.kind, table.get(self.method))
+
+        return replace(
+            self,
+            lr=self.lr if self.lr is not None else pick(profile.lr),
+            epochs=self.epochs if self.epochs is not None else pick(profile.epochs),
+            train_examples=self.train_examples if self.train_examples is not None else profile.train_limit,
+        )
 
     def lora_config(self, num_layers: int, dropout: float) -> LoRAConfig:
         """The LoRAConfig for a model with ``num_layers`` layers (alpha = 2r: the scaling stays 2)."""
         half = num_layers // 2
         layers = {"all": None, "lower": list(range(half)), "upper": list(range(half, num_layers))}.get(
-            self.layers, [int(self.layers)] if self.layers.isdigit() else None)
-        return LoRAConfig(r=self.r, alpha=2 * self.r, dropout=dropout, target_modules=MODULE_SETS[self.target],
-                          layers=layers, trainable=HEAD, rslora=self.variant == "rslora", dora=self.variant == "dora")
+            self.layers, [int(self.layers)] if self.layers.isdigit() else None
+        )
+        if layers is not None and not all(0 <= i < num_layers for i in layers):
+            raise ValueError(
+                f"Experiment {self.name!r} adapts layer {self.layers}, but the model has {num_layers} "
+                f"layers (0..{num_layers - 1}); pick a layer in that range."
+            )
+        return LoRAConfig(
+            r=self.r,
+            alpha=2 * self.r,
+            dropout=dropout,
+            target_modules=MODULE_SETS[self.target],
+            layers=layers,
+            trainable=HEAD,
+            rslora=self.variant == "rslora",
+            dora=self.variant == "dora",
+        )
 
 
-LORAPLUS_RATIO = 16.0
-_NAME = re.compile(r"(lora|rslora|dora|loraplus)-r(\d+)(?:-(q|v|qv|qkvo|qkvo-ffn))?(?:-(lower|upper|layer\d+))?")
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: an experiment resolved against a profile, and a seed. ``label`` is the short name a suite
+    or a user typed for it (tables show it); it is not part of the run's identity."""
+
+    profile: Profile
+    experiment: Experiment
+    seed: int
+    label: str = ""
+
+    @property
+    def stem(self) -> str:
+        """The stored file's name without extension: which experiment, settings and seed it holds."""
+        return f"{self.experiment.name}__seed{self.seed}"
 
 
-def experiment(name: str) -> Experiment:
-    """Parse an experiment name: ``full``, ``head``, ``lora-r16`` (``rslora-r16``, ``dora-r16``, ``loraplus-r16``), ``lora-r8-qkvo``, ``lora-r8-lower``,
-    ``lora-r8-upper``, ``lora-r8-layer3`` (target and layers may be combined: ``lora-r8-q-upper``).
-    A suffix ``@<lr>`` overrides the profile's learning rate: ``lora-r16@2e-3``, ``full@5e-5``.
-    A name with a target or layers part is an ablation and trains on the profile's ablation budget:
-    ``lora-r8-qv`` is ``lora-r8`` on that budget."""
-    base, _, lr_text = name.partition("@")
-    try:
-        lr = float(lr_text) if lr_text else None
-    except ValueError:
-        lr = -1.0
-    m = _NAME.fullmatch(base)
-    if (base not in ("full", "head") and (not m or int(m.group(2)) <= 0)) or (lr is not None and lr <= 0):
-        raise ValueError(f"Unknown experiment {name!r}; use full, head, lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn]"
-                         "[-lower|-upper|-layer<i>][@<lr>] (or rslora-, dora-, loraplus- for lora-), e.g. lora-r16, "
-                         "lora-r8-layer3, dora-r16 or full@5e-5.")
-    if base in ("full", "head"):
-        return Experiment(name, base, lr=lr)
-    variant, r, target, layers = m.group(1), int(m.group(2)), m.group(3) or "qv", m.group(4) or "all"
-    return Experiment(name, "lora", r=r, target=target, layers=layers.removeprefix("layer"), lr=lr, variant=variant,
-                      ablation=bool(m.group(3) or m.group(4)))
+def spec(profile: Profile, name: str, seed: int, label: str | None = None) -> RunSpec:
+    """A run spec from a typed experiment name, resolved against ``profile``."""
+    return RunSpec(profile, Experiment.parse(name).resolve(profile), seed, label or name)
 
 
-def suite(name: str, num_layers: int = 6) -> list[str]:
-    """Named groups of experiments: headline, rank, layers, modules, variants, all."""
-    suites = {
-        "headline": ["full", "lora-r16"],
-        "rank": [f"lora-r{r}" for r in RANKS],
-        "layers": ["lora-r8-qv", "lora-r8-lower", "lora-r8-upper"] + [f"lora-r8-layer{i}" for i in range(num_layers)],
-        "modules": [f"lora-r8-{t}" for t in MODULE_SETS],
-        "variants": [f"{v}-r16-qv" for v in ("lora", "rslora", "dora", "loraplus")],  # on the ablation budget
+def ablation(profile: Profile, name: str) -> str:
+    """A name on the profile's ablation budget (its smaller training set and epochs)."""
+    exp = replace(
+        Experiment.parse(name), epochs=profile.ablation_epochs, train_examples=profile.ablation_train_limit
+    )
+    return exp.name
+
+
+def suites(profile: Profile, num_layers: int) -> dict[str, list[tuple[str, str]]]:
+    """Named groups of experiments as ``(label, name)`` pairs: headline, rank, layers, modules, variants, and
+    the learning-rate sweeps (``sweep``). The ablation suites train on the profile's ablation budget."""
+
+    def ab(names):
+        return [(n, ablation(profile, n)) for n in names]
+
+    sweep = [
+        (f"{base}@{lr_text(lr)}", ablation(profile, f"{base}@{lr_text(lr)}"))
+        for base, kind in (
+            ("full", "full"),
+            ("lora-r16", "lora"),
+            (f"lora-r4-{ALL_LINEAR}", f"lora-{ALL_LINEAR}"),
+        )
+        for lr in profile.sweep.get(kind, ())
+    ]
+    return {
+        "headline": [(n, n) for n in ("full", "lora-r16", f"lora-r4-{ALL_LINEAR}")],
+        "rank": [(f"lora-r{r}", f"lora-r{r}") for r in RANKS],
+        "layers": ab(
+            ["lora-r8-qv", "lora-r8-lower", "lora-r8-upper"]
+            + [f"lora-r8-layer{i}" for i in range(num_layers)]
+        ),
+        "modules": ab([f"lora-r8-{t}" for t in MODULE_SETS]),
+        "variants": ab([f"{v}-r16-qv" for v in VARIANT_NAMES]),
+        "sweep": sweep,
     }
-    if name == "all":
-        return list(dict.fromkeys(["head"] + [e for s in suites.values() for e in s]))
-    if name not in suites:
-        raise ValueError(f"Unknown suite {name!r}; choose one of {sorted(suites) + ['all']}.")
-    return suites[name]
+
+
+def expand(profile: Profile, names: list[str], num_layers: int) -> list[tuple[str, str]]:
+    """``(label, name)`` pairs for names and suite names (``all``: every suite), duplicates dropped."""
+    table = suites(profile, num_layers)
+    out: list[tuple[str, str]] = []
+    for name in names:
+        if name == "all":
+            out += [p for s in table.values() for p in s]
+        elif name in table:
+            out += table[name]
+        elif re.fullmatch(r"[a-z]+", name) and name not in ("full", "head"):
+            raise ValueError(f"Unknown suite {name!r}; choose one of {sorted(table) + ['all']}.")
+        else:
+            Experiment.parse(name)
+            out.append((name, name))
+    return list(dict.fromkeys(out))

@@ -52,8 +52,15 @@ class LoRADropout(nn.Dropout):
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a trainable low-rank update ``scaling * B @ A``."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
-                 init: str = "kaiming", rslora: bool = False) -> None:
+    def __init__(
+        self,
+        base: nn.Linear,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        init: str = "kaiming",
+        rslora: bool = False,
+    ) -> None:
         super().__init__()
         _check_hparams(r, alpha, dropout, init)
         if not isinstance(base, nn.Linear):
@@ -129,34 +136,55 @@ class LoRAConfig:
         self.target_modules = tuple(self.target_modules)
         self.trainable = tuple(self.trainable)
         if not self.target_modules:
-            raise ValueError("target_modules is empty; name the Linear layers to adapt, e.g. ('query', 'value').")
+            raise ValueError(
+                "target_modules is empty; name the Linear layers to adapt, e.g. ('query', 'value')."
+            )
         if self.layers is not None:
             self.layers = sorted(set(int(i) for i in self.layers))
 
-    def to_peft(self, task_type: str = "SEQ_CLS", base_model: str | None = None, inference_mode: bool = False) -> dict:
+    def to_peft(
+        self, task_type: str = "SEQ_CLS", base_model: str | None = None, inference_mode: bool = False
+    ) -> dict:
         """The same adapter as peft's ``LoraConfig`` fields (``peft.LoraConfig(**config.to_peft())``)."""
         return {
-            "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model,
-            "r": self.r, "lora_alpha": self.alpha, "lora_dropout": self.dropout,
-            "target_modules": list(self.target_modules), "layers_to_transform": self.layers,
+            "peft_type": "LORA",
+            "task_type": task_type,
+            "base_model_name_or_path": base_model,
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": list(self.target_modules),
+            "layers_to_transform": self.layers,
             "layers_pattern": "layer" if self.layers is not None else None,
-            "use_rslora": self.rslora, "init_lora_weights": "gaussian" if self.init == "gaussian" else True,
+            "use_rslora": self.rslora,
+            "init_lora_weights": "gaussian" if self.init == "gaussian" else True,
             "modules_to_save": list(self.trainable) or None,
-            "bias": "none", "fan_in_fan_out": False, "use_dora": self.dora, "inference_mode": inference_mode,
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "use_dora": self.dora,
+            "inference_mode": inference_mode,
         }
 
     @classmethod
     def from_peft(cls, c: dict) -> LoRAConfig:
         """Read peft's ``adapter_config.json`` fields (a list of target modules, not a regex)."""
         if isinstance(c["target_modules"], str):
-            raise ValueError(f"target_modules is a regex ({c['target_modules']!r}); only a list of module names "
-                             "is supported.")
+            raise ValueError(
+                f"target_modules is a regex ({c['target_modules']!r}); only a list of module names "
+                "is supported."
+            )
         layers = c.get("layers_to_transform")
-        return cls(r=c["r"], alpha=c["lora_alpha"], dropout=c.get("lora_dropout", 0.0),
-                   target_modules=tuple(c["target_modules"]), layers=[layers] if isinstance(layers, int) else layers,
-                   rslora=bool(c.get("use_rslora", False)),
-                   init="gaussian" if c.get("init_lora_weights") == "gaussian" else "kaiming",
-                   trainable=tuple(c.get("modules_to_save") or ()), dora=bool(c.get("use_dora", False)))
+        return cls(
+            r=c["r"],
+            alpha=c["lora_alpha"],
+            dropout=c.get("lora_dropout", 0.0),
+            target_modules=tuple(c["target_modules"]),
+            layers=[layers] if isinstance(layers, int) else layers,
+            rslora=bool(c.get("use_rslora", False)),
+            init="gaussian" if c.get("init_lora_weights") == "gaussian" else "kaiming",
+            trainable=tuple(c.get("modules_to_save") or ()),
+            dora=bool(c.get("use_dora", False)),
+        )
 
 
 @dataclass
@@ -167,8 +195,10 @@ class LoRASummary:
     trainable: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (f"LoRA on {len(self.wrapped)} Linear layers; fully trainable: "
-                f"{', '.join(self.trainable) or 'none'}")
+        return (
+            f"LoRA on {len(self.wrapped)} Linear layers; fully trainable: "
+            f"{', '.join(self.trainable) or 'none'}"
+        )
 
 
 _LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
@@ -211,24 +241,38 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
     """Wrap the matching ``nn.Linear`` layers of ``model`` in place and freeze all else but
     ``config.trainable``. Returns a summary of what was wrapped."""
     if lora_layers(model):
-        raise ValueError("This model already has LoRA layers; call merge_lora(model) first, "
-                         "or start again from the base model.")
+        raise ValueError(
+            "This model already has LoRA layers; call merge_lora(model) first, "
+            "or start again from the base model."
+        )
     n = num_layers(model)
     if config.layers is not None and any(not 0 <= i < n for i in config.layers):
-        raise ValueError(f"Layer indices {config.layers} out of range: this model has {n} layers (0..{n - 1}).")
-    targets = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and _matches(name, config.target_modules)
-               and (config.layers is None or layer_index(name) in config.layers)]
+        raise ValueError(
+            f"Layer indices {config.layers} out of range: this model has {n} layers (0..{n - 1})."
+        )
+    targets = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+        and _matches(name, config.target_modules)
+        and (config.layers is None or layer_index(name) in config.layers)
+    ]
     if not targets:
-        raise ValueError(f"No nn.Linear matched target_modules={list(config.target_modules)}; "
-                         "print(model) to see the module names (BERT uses query, key, value, dense).")
+        raise ValueError(
+            f"No nn.Linear matched target_modules={list(config.target_modules)}; "
+            "print(model) to see the module names (BERT uses query, key, value, dense)."
+        )
     layer_class = VARIANTS["dora" if config.dora else "lora"]
     model.requires_grad_(False)
     summary = LoRASummary()
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, layer_class(linear, config.r, config.alpha, config.dropout, config.init, config.rslora))
+        setattr(
+            parent,
+            child,
+            layer_class(linear, config.r, config.alpha, config.dropout, config.init, config.rslora),
+        )
         summary.wrapped.append(name)
     for name, m in model.named_modules():
         if config.trainable and _matches(name, config.trainable) and not isinstance(m, LoRALinear):

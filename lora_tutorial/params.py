@@ -42,8 +42,12 @@ class ParameterCount:
 
     def to_frame(self) -> pd.DataFrame:
         """A table a chapter can print: one row per group, with counts and percentages of the total."""
-        rows = {"LoRA (A, B)": self.lora, "trainable (head)": self.head, "frozen": self.frozen,
-                "total": self.total}
+        rows = {
+            "LoRA (A, B)": self.lora,
+            "trainable (head)": self.head,
+            "frozen": self.frozen,
+            "total": self.total,
+        }
         df = pd.DataFrame({"parameters": rows})
         df["% of total"] = (100 * df["parameters"] / self.total).round(3)
         return df

@@ -37,21 +37,30 @@ class Interval:
 def correctness(predictions: list[str], labels: str) -> np.ndarray:
     """Seeds x examples matrix of 0/1: was the run's prediction for each validation sentence right?"""
     if any(len(p) != len(labels) for p in predictions):
-        raise ValueError("Runs predicted different numbers of validation examples; compare runs made on the "
-                         "same validation split.")
+        raise ValueError(
+            "Runs predicted different numbers of validation examples; compare runs made on the "
+            "same validation split."
+        )
     truth = np.frombuffer(labels.encode(), dtype=np.uint8)
     return np.stack([np.frombuffer(p.encode(), dtype=np.uint8) == truth for p in predictions]).astype(float)
 
 
-def _resampled_means(correct: np.ndarray, example_weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _resampled_means(
+    correct: np.ndarray, example_weights: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Accuracy of each replicate: seeds drawn with replacement, examples weighted by their draw counts."""
     seeds = correct.shape[0]
     seed_weights = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=len(example_weights))
     return np.einsum("bs,sn,bn->b", seed_weights, correct, example_weights) / (seeds * correct.shape[1])
 
 
-def bootstrap(a: np.ndarray, b: np.ndarray | None = None, replicates: int = REPLICATES, level: float = LEVEL,
-              seed: int = 0) -> Interval:
+def bootstrap(
+    a: np.ndarray,
+    b: np.ndarray | None = None,
+    replicates: int = REPLICATES,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> Interval:
     """Mean accuracy of ``a`` (seeds x examples, 0/1), or the difference ``a - b`` on the same examples,
     in points, with a percentile interval from resampling seeds (each experiment's own) and examples
     (shared by ``a`` and ``b``)."""
@@ -73,11 +82,15 @@ def runs_of(df: pd.DataFrame, experiment: str) -> np.ndarray:
     """The correctness matrix of an experiment's stored runs (rows of a results table), one row per seed."""
     rows = df[df["experiment"] == experiment].sort_values("seed")
     if rows.empty:
-        raise ValueError(f"No stored runs of {experiment!r}; run it with python -m lora_tutorial run "
-                         f"--experiments {experiment}.")
+        raise ValueError(
+            f"No stored runs of {experiment!r}; run it with python -m lora_tutorial run "
+            f"--experiments {experiment}."
+        )
     if rows["predictions"].isna().any():
-        raise ValueError(f"Some runs of {experiment!r} have no stored predictions; add them with "
-                         "python -m lora_tutorial predict.")
+        raise ValueError(
+            f"Some runs of {experiment!r} have no stored predictions; add them with "
+            "python -m lora_tutorial predict."
+        )
     return correctness(list(rows["predictions"]), rows["validation_labels"].iloc[0])
 
 

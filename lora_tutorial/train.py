@@ -39,11 +39,11 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
-    lr_ratio_b: float = 1.0   # LoRA+: the learning rate of LoRA's B matrices is lr * lr_ratio_b
+    lr_ratio_b: float = 1.0  # LoRA+: the learning rate of LoRA's B matrices is lr * lr_ratio_b
     seed: int = 0
     log_every: int = 20
     progress: bool = True
-    mixed_precision: str = "auto"   # "auto": bf16 autocast on CUDA, fp32 elsewhere; or "no" / "bf16"
+    mixed_precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 elsewhere; or "no" / "bf16"
 
 
 @dataclass
@@ -55,13 +55,15 @@ class TrainResult:
     train_seconds_per_epoch: float = 0.0
     examples_per_second: float = 0.0
     peak_memory_bytes: int = 0
-    padding_fraction: float = 0.0          # share of padding tokens with length-grouped batches
-    padding_fraction_random: float = 0.0   # the same with plain shuffled batches
+    padding_fraction: float = 0.0  # share of padding tokens with length-grouped batches
+    padding_fraction_random: float = 0.0  # the same with plain shuffled batches
     device: str = "cpu"
     mixed_precision: str = "no"
     num_processes: int = 1
-    predictions: list[int] = field(default_factory=list)  # last epoch's predicted label per validation example
-    mean_load: float = 0.0   # mean 1-minute load average while training (CPU); its own threads count too
+    predictions: list[int] = field(
+        default_factory=list
+    )  # last epoch's predicted label per validation example
+    mean_load: float = 0.0  # mean 1-minute load average while training (CPU); its own threads count too
 
     @property
     def validation_accuracy(self) -> float:
@@ -108,27 +110,44 @@ class ResourceMonitor:
             self.peak = max(self.peak, psutil.Process().memory_info().rss)
 
 
-def make_loaders(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, cfg: TrainConfig
-                 ) -> tuple[DataLoader, DataLoader]:
+def make_loaders(
+    data: DatasetDict, tokenizer: PreTrainedTokenizerBase, cfg: TrainConfig
+) -> tuple[DataLoader, DataLoader]:
     """Length-grouped, dynamically padded train batches; sorted evaluation batches."""
     collate = DataCollatorWithPadding(tokenizer)
     train, val = (data[s].remove_columns("length").with_format("torch") for s in ("train", "validation"))
-    return (DataLoader(train, collate_fn=collate,
-                       batch_sampler=LengthGroupedBatches(data["train"]["length"], cfg.batch_size, seed=cfg.seed)),
-            DataLoader(val, collate_fn=collate,
-                       batch_sampler=LengthGroupedBatches(data["validation"]["length"], cfg.eval_batch_size,
-                                                          shuffle=False)))
+    return (
+        DataLoader(
+            train,
+            collate_fn=collate,
+            batch_sampler=LengthGroupedBatches(data["train"]["length"], cfg.batch_size, seed=cfg.seed),
+        ),
+        DataLoader(
+            val,
+            collate_fn=collate,
+            batch_sampler=LengthGroupedBatches(
+                data["validation"]["length"], cfg.eval_batch_size, shuffle=False
+            ),
+        ),
+    )
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; no weight decay on biases and LayerNorm weights; LoRA's B
     matrices at ``lr * lr_ratio_b`` (LoRA+)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in params if p.ndim >= 2 and not n.endswith("lora_B")],
-               "weight_decay": cfg.weight_decay},
-              {"params": [p for n, p in params if n.endswith("lora_B")], "weight_decay": cfg.weight_decay,
-               "lr": cfg.lr * cfg.lr_ratio_b},
-              {"params": [p for n, p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [
+        {
+            "params": [p for n, p in params if p.ndim >= 2 and not n.endswith("lora_B")],
+            "weight_decay": cfg.weight_decay,
+        },
+        {
+            "params": [p for n, p in params if n.endswith("lora_B")],
+            "weight_decay": cfg.weight_decay,
+            "lr": cfg.lr * cfg.lr_ratio_b,
+        },
+        {"params": [p for n, p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
@@ -137,7 +156,9 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> t
     """Predicted labels in the dataset's order (gathered across processes) and the mean loss."""
     was_training = model.training
     model.eval()
-    sampler = getattr(loader.batch_sampler, "batch_sampler", loader.batch_sampler)  # Accelerate's shard wraps it
+    sampler = getattr(
+        loader.batch_sampler, "batch_sampler", loader.batch_sampler
+    )  # Accelerate's shard wraps it
     preds, loss, order = [], 0.0, [i for batch in sampler for i in batch]
     for batch in loader:
         logits, labels = accelerator.gather_for_metrics((model(**batch).logits.float(), batch["labels"]))
@@ -152,45 +173,63 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> t
 def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator, labels: list[int]) -> dict:
     """Validation accuracy, mean loss and the predicted label of every example (in dataset order)."""
     preds, loss = predict(model, loader, accelerator)
-    return {"validation_accuracy": (preds == torch.tensor(labels)).float().mean().item(), "validation_loss": loss,
-            "predictions": preds.tolist()}
+    return {
+        "validation_accuracy": (preds == torch.tensor(labels)).float().mean().item(),
+        "validation_loss": loss,
+        "predictions": preds.tolist(),
+    }
 
 
-def train(model: nn.Module, data: DatasetDict, tokenizer: PreTrainedTokenizerBase, cfg: TrainConfig) -> TrainResult:
+def train(
+    model: nn.Module, data: DatasetDict, tokenizer: PreTrainedTokenizerBase, cfg: TrainConfig
+) -> TrainResult:
     """Fine-tune ``model`` (whatever is trainable in it) on tokenized ``data``; evaluate every epoch."""
     set_seed(cfg.seed)
     cuda = torch.cuda.is_available()
     distributed_state()
     # split_batches: each batch is cut across processes, so N processes train exactly like one.
     precision = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
-    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(
+        mixed_precision=precision, cpu=not cuda, dataloader_config=DataLoaderConfiguration(split_batches=True)
+    )
     train_loader, val_loader = make_loaders(data, tokenizer, cfg)
     optimizer = make_optimizer(model, cfg)
     steps = cfg.epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * steps), steps)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler)
+        model, optimizer, train_loader, val_loader, scheduler
+    )
     lengths = data["train"]["length"]
     result = TrainResult(
-        device=str(accelerator.device), mixed_precision=accelerator.mixed_precision,
+        device=str(accelerator.device),
+        mixed_precision=accelerator.mixed_precision,
         num_processes=accelerator.num_processes,
-        padding_fraction=padding_fraction(lengths, iter(LengthGroupedBatches(lengths, cfg.batch_size, seed=cfg.seed))),
-        padding_fraction_random=padding_fraction(lengths, iter(random_batches(len(lengths), cfg.batch_size, cfg.seed))))
+        padding_fraction=padding_fraction(
+            lengths, iter(LengthGroupedBatches(lengths, cfg.batch_size, seed=cfg.seed))
+        ),
+        padding_fraction_random=padding_fraction(
+            lengths, iter(random_batches(len(lengths), cfg.batch_size, cfg.seed))
+        ),
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     epoch_seconds, step = [], 0
     model.train()
     labels = data["validation"]["label"]
     with ResourceMonitor(accelerator.device) as monitor:
         for epoch in range(cfg.epochs):
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not (cfg.progress and accelerator.is_main_process))
+            bar = tqdm(
+                train_loader,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not (cfg.progress and accelerator.is_main_process),
+            )
             start = time.perf_counter()
             for batch in bar:
                 loss = model(**batch).loss
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"The loss became {loss.item()} at step {step} (epoch {epoch + 1}); "
-                                             f"lower the learning rate (now {cfg.lr:g}) and run again.")
+                    raise FloatingPointError(
+                        f"The loss became {loss.item()} at step {step} (epoch {epoch + 1}); "
+                        f"lower the learning rate (now {cfg.lr:g}) and run again."
+                    )
                 accelerator.backward(loss)
                 accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 optimizer.step()

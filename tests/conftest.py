@@ -34,8 +34,13 @@ def minilm(_minilm):
 @pytest.fixture(scope="session")
 def batch():
     tok = load_tokenizer("minilm")
-    return dict(tok(["a gripping, funny film", "dull and far too long to sit through", "fine"],
-                    padding=True, return_tensors="pt"))
+    return dict(
+        tok(
+            ["a gripping, funny film", "dull and far too long to sit through", "fine"],
+            padding=True,
+            return_tensors="pt",
+        )
+    )
 
 
 POS, NEG = ["good", "great", "superb", "lovely", "moving"], ["bad", "awful", "dull", "boring", "poor"]

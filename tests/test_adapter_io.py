@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
+from helpers import randomize_lora
 from safetensors.torch import load_file
 
-from helpers import randomize_lora
 from lora_tutorial import LoRAConfig, apply_lora, load_adapter, lora_layers, save_adapter
 from lora_tutorial.models import load_model
 
@@ -16,11 +16,15 @@ def test_file_format(tiny, tmp_path):
     apply_lora(tiny, LoRAConfig(r=4, layers=[0]))
     save_adapter(tiny, tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["layers_to_transform"] == [0]
+    assert config["peft_type"] == "LORA"
+    assert config["r"] == 4
+    assert config["layers_to_transform"] == [0]
     keys = set(load_file(tmp_path / "adapter_model.safetensors"))
-    assert keys == {f"base_model.model.bert.encoder.layer.0.attention.self.{m}.lora_{ab}.weight"
-                    for m in ("query", "value") for ab in "AB"} | {"base_model.model.classifier.weight",
-                                                                   "base_model.model.classifier.bias"}
+    assert keys == {
+        f"base_model.model.bert.encoder.layer.0.attention.self.{m}.lora_{ab}.weight"
+        for m in ("query", "value")
+        for ab in "AB"
+    } | {"base_model.model.classifier.weight", "base_model.model.classifier.bias"}
 
 
 def test_round_trip(tiny, batch, tmp_path):
@@ -54,14 +58,16 @@ def test_rank_mismatch(tiny, tmp_path):
 
 def test_shape_mismatch_leaves_model_untouched(tiny, batch, tmp_path):
     wider = load_model("tiny", seed=0)
-    wider = type(wider)(type(wider.config)(**{**wider.config.to_dict(), "hidden_size": 32,
-                                               "intermediate_size": 64}))
+    wider = type(wider)(
+        type(wider.config)(**{**wider.config.to_dict(), "hidden_size": 32, "intermediate_size": 64})
+    )
     apply_lora(wider, LoRAConfig(r=4))
     save_adapter(wider, tmp_path)
     before = tiny(**batch).logits
     with pytest.raises(ValueError, match=r"Shape mismatch for .*: adapter \(4, 32\) vs model \(4, 64\)"):
         load_adapter(tiny, tmp_path)
-    assert not lora_layers(tiny) and all(p.requires_grad for p in tiny.parameters())
+    assert not lora_layers(tiny)
+    assert all(p.requires_grad for p in tiny.parameters())
     assert torch.equal(tiny(**batch).logits, before)
 
 

@@ -1,8 +1,8 @@
 """Adapter analysis: the update read back from disk, and the subspace similarity's defining properties."""
 
 import torch
-
 from helpers import randomize_lora
+
 from lora_tutorial import LoRAConfig, apply_lora, lora_layers, save_adapter
 from lora_tutorial.analysis import delta_weights, subspace_similarity
 

@@ -26,8 +26,10 @@ def folder(tmp_path):
 
 def test_local_folder(folder):
     ds = D.load_sst2(folder)
-    assert set(ds) == {"train", "validation"} and ds["train"].column_names == ["sentence", "label"]
-    assert ds["train"]["sentence"][0] == 'a "quoted" film ' and ds["train"]["label"] == [1, 0, 1]
+    assert set(ds) == {"train", "validation"}
+    assert ds["train"].column_names == ["sentence", "label"]
+    assert ds["train"]["sentence"][0] == 'a "quoted" film '
+    assert ds["train"]["label"] == [1, 0, 1]
 
 
 def test_environment_variable(folder, monkeypatch):
@@ -35,12 +37,15 @@ def test_environment_variable(folder, monkeypatch):
     assert len(D.load_sst2()["validation"]) == 2
 
 
-@pytest.mark.parametrize("line, message", [
-    ("no label here", r"train.tsv:3: expected 'sentence<TAB>label' \(2 fields\), got 1"),
-    ("one\ttoo\tmany", r"train.tsv:3: expected 'sentence<TAB>label' \(2 fields\), got 3"),
-    ("maybe\t2", r"train.tsv:3: label '2' is not 0 or 1"),
-    ("maybe\tpositive", r"train.tsv:3: label 'positive' is not 0 or 1"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("no label here", r"train.tsv:3: expected 'sentence<TAB>label' \(2 fields\), got 1"),
+        ("one\ttoo\tmany", r"train.tsv:3: expected 'sentence<TAB>label' \(2 fields\), got 3"),
+        ("maybe\t2", r"train.tsv:3: label '2' is not 0 or 1"),
+        ("maybe\tpositive", r"train.tsv:3: label 'positive' is not 0 or 1"),
+    ],
+)
 def test_malformed_lines(folder, line, message):
     write_split(folder, "train", ["fine\t1", line])
     with pytest.raises(ValueError, match=message):
@@ -62,7 +67,9 @@ def test_bad_header(folder):
 def test_missing_folder_and_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist; pass a folder with train.tsv"):
         D.load_sst2(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match=r"relative path is read from the current directory, .*: give an absolute one"):
+    with pytest.raises(
+        ValueError, match=r"relative path is read from the current directory, .*: give an absolute one"
+    ):
         D.load_sst2("nowhere")
     write_split(tmp_path, "train", ["fine\t1"])
     with pytest.raises(ValueError, match="lacks validation.tsv"):
@@ -74,10 +81,14 @@ def test_offline_hub_error_names_both_fixes(monkeypatch):
 
     def offline(*args, **kwargs):
         raise ConnectionError("no network")
+
     monkeypatch.setattr(datasets, "load_dataset", offline)
     monkeypatch.delenv(D.ENV_VAR, raising=False)
-    with pytest.raises(ValueError, match=r"connect to the internet.*load_sst2\('/path/to/sst2'\) or export "
-                                         r"LORA_TUTORIAL_SST2"):
+    with pytest.raises(
+        ValueError,
+        match=r"connect to the internet.*load_sst2\('/path/to/sst2'\) or export "
+        r"LORA_TUTORIAL_SST2",
+    ):
         D.load_sst2()
 
 
@@ -93,7 +104,8 @@ def test_length_grouped_batches_cover_everything_once():
     sampler = D.LengthGroupedBatches(lengths, batch_size=32, seed=3, chunk=4)
     first, second = list(sampler), list(sampler)
     for batches in (first, second):
-        assert sorted(i for b in batches for i in b) == list(range(1000)) and len(batches) == len(sampler) == 32
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        assert len(batches) == len(sampler) == 32
     assert first != second  # a new order each epoch
     assert first == list(D.LengthGroupedBatches(lengths, batch_size=32, seed=3, chunk=4))  # reproducible
     grouped = D.padding_fraction(lengths, iter(first))

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from helpers import randomize_lora
 from torch import nn
 
-from helpers import randomize_lora
 from lora_tutorial import LoRAConfig, LoRALinear, apply_lora, lora_layers, merge_lora, remove_lora
 from lora_tutorial.lora import is_lora_param
 
@@ -18,8 +18,10 @@ def make_layer(**kw):
 
 def test_shapes_and_zero_init():
     layer = make_layer()
-    assert layer.lora_A.shape == (4, 12) and layer.lora_B.shape == (7, 4)
-    assert torch.count_nonzero(layer.lora_B) == 0 and torch.count_nonzero(layer.lora_A) > 0
+    assert layer.lora_A.shape == (4, 12)
+    assert layer.lora_B.shape == (7, 4)
+    assert torch.count_nonzero(layer.lora_B) == 0
+    assert torch.count_nonzero(layer.lora_A) > 0
     x = torch.randn(5, 12)
     assert torch.equal(layer(x), layer.base(x))
 
@@ -48,7 +50,9 @@ def test_gaussian_init_std_is_one_over_r():
 def test_dropout_only_on_lora_path():
     layer = make_layer(dropout=0.5).train()
     x = torch.randn(64, 12)
-    assert torch.equal(layer(x), layer.base(x))  # B = 0: dropout on the LoRA path cannot touch the base output
+    assert torch.equal(
+        layer(x), layer.base(x)
+    )  # B = 0: dropout on the LoRA path cannot touch the base output
     nn.init.normal_(layer.lora_B)
     assert not torch.allclose(layer(x), layer(x))  # the LoRA path is stochastic in training
     layer.eval()
@@ -61,12 +65,14 @@ def test_merge_unmerge_round_trip():
     w0, x = layer.base.weight.clone(), torch.randn(6, 12)
     y = layer(x)
     layer.merge()
-    assert layer.merged and torch.allclose(layer(x), y, atol=1e-5)
+    assert layer.merged
+    assert torch.allclose(layer(x), y, atol=1e-5)
     torch.testing.assert_close(layer.base.weight, w0 + layer.delta_weight())
     layer.merge()  # a second merge is a no-op, not a double merge
     torch.testing.assert_close(layer.base.weight, w0 + layer.delta_weight())
     layer.unmerge()
-    assert not layer.merged and (layer.base.weight - w0).abs().max() <= 1e-6
+    assert not layer.merged
+    assert (layer.base.weight - w0).abs().max() <= 1e-6
     layer.unmerge()
     assert (layer.base.weight - w0).abs().max() <= 1e-6
 
@@ -74,7 +80,8 @@ def test_merge_unmerge_round_trip():
 def test_apply_lora_keeps_outputs_identical(minilm, batch):
     before = minilm(**batch).logits
     summary = apply_lora(minilm, LoRAConfig(r=8))
-    assert len(summary.wrapped) == 12 and summary.trainable == ["classifier"]
+    assert len(summary.wrapped) == 12
+    assert summary.trainable == ["classifier"]
     assert torch.equal(minilm(**batch).logits, before)
 
 
@@ -90,8 +97,11 @@ def test_gradients_reach_only_lora_and_trainable_modules(minilm, batch):
     minilm.train()
     minilm(**batch, labels=torch.tensor([1, 0, 1])).loss.backward()
     with_grad = {n for n, p in minilm.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    allowed = {n for n, _ in minilm.named_parameters()
-               if is_lora_param(n) or n.startswith(("classifier.", "bert.pooler."))}
+    allowed = {
+        n
+        for n, _ in minilm.named_parameters()
+        if is_lora_param(n) or n.startswith(("classifier.", "bert.pooler."))
+    }
     assert with_grad == allowed
     assert {n for n, p in minilm.named_parameters() if p.requires_grad} == allowed
 
@@ -101,7 +111,8 @@ def test_merged_model_matches_and_is_plain(minilm, batch):
     randomize_lora(minilm)
     adapted = minilm(**batch).logits
     merge_lora(minilm)
-    assert not lora_layers(minilm) and not hasattr(minilm, "lora_config")
+    assert not lora_layers(minilm)
+    assert not hasattr(minilm, "lora_config")
     assert isinstance(minilm.bert.encoder.layer[0].attention.self.query, nn.Linear)
     assert (minilm(**batch).logits - adapted).abs().max() <= 1e-5
 
@@ -111,12 +122,14 @@ def test_remove_lora_restores_base(tiny, batch):
     apply_lora(tiny, LoRAConfig(r=2, trainable=()))
     randomize_lora(tiny)
     remove_lora(tiny)
-    assert not lora_layers(tiny) and torch.equal(tiny(**batch).logits, before)
+    assert not lora_layers(tiny)
+    assert torch.equal(tiny(**batch).logits, before)
 
 
 def test_merge_save_load_merge_does_not_double_merge(tiny, batch):
-    """loralib's double-merge bug (microsoft/LoRA #34, #61): a reload of a merged state must stay merged once."""
+    """loralib's double-merge bug (microsoft/LoRA #34, #61): a reloaded merged state stays merged once."""
     import copy
+
     fresh = copy.deepcopy(tiny)
     apply_lora(tiny, LoRAConfig(r=4))
     randomize_lora(tiny)
@@ -137,14 +150,17 @@ def test_merge_save_load_merge_does_not_double_merge(tiny, batch):
     torch.testing.assert_close(fresh(**batch).logits, merged_logits, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(r=0), "rank r must be a positive integer"),
-    (dict(r=-2), "rank r must be a positive integer"),
-    (dict(alpha=0), "alpha must be > 0"),
-    (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
-    (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
-    (dict(init="xavier"), "Unknown LoRA init 'xavier'; choose one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(r=0), "rank r must be a positive integer"),
+        (dict(r=-2), "rank r must be a positive integer"),
+        (dict(alpha=0), "alpha must be > 0"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+        (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
+        (dict(init="xavier"), "Unknown LoRA init 'xavier'; choose one of"),
+    ],
+)
 def test_bad_hyperparameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LoRAConfig(**kwargs)
@@ -155,7 +171,8 @@ def test_bad_hyperparameters(kwargs, message):
 def test_no_module_matched(tiny):
     with pytest.raises(ValueError, match=r"No nn.Linear matched target_modules=\['q_proj'\]; print\(model\)"):
         apply_lora(tiny, LoRAConfig(target_modules=("q_proj",)))
-    assert not lora_layers(tiny) and all(p.requires_grad for p in tiny.parameters())
+    assert not lora_layers(tiny)
+    assert all(p.requires_grad for p in tiny.parameters())
 
 
 def test_layer_out_of_range(tiny):
@@ -176,21 +193,23 @@ def test_wrapping_a_non_linear():
 
 def test_dora_merge_round_trip(tiny, batch):
     from lora_tutorial.dora import DoRALinear
+
     apply_lora(tiny, LoRAConfig(r=4, dora=True))
     randomize_lora(tiny)
     layer = lora_layers(tiny)["bert.encoder.layer.0.attention.self.value"]
     assert isinstance(layer, DoRALinear)
     w0, before = layer.base.weight.clone(), tiny(**batch).logits
-    for l in lora_layers(tiny).values():
-        l.merge()
+    for lora in lora_layers(tiny).values():
+        lora.merge()
     assert (tiny(**batch).logits - before).abs().max() <= 1e-5
-    for l in lora_layers(tiny).values():
-        l.unmerge()
+    for lora in lora_layers(tiny).values():
+        lora.unmerge()
     assert (layer.base.weight - w0).abs().max() <= 1e-6
 
 
 def test_dora_starts_as_the_base_layer():
     from lora_tutorial.dora import DoRALinear
+
     base = nn.Linear(12, 7)
     x = torch.randn(3, 12)
     torch.testing.assert_close(DoRALinear(base, r=2, alpha=4)(x), base(x), atol=1e-6, rtol=1e-6)
@@ -198,6 +217,7 @@ def test_dora_starts_as_the_base_layer():
 
 def test_lora_dropout_distribution():
     from lora_tutorial.lora import LoRADropout
+
     torch.manual_seed(0)
     drop, x = LoRADropout(0.1).train(), torch.ones(1_000_000)
     y = drop(x)

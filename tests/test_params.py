@@ -14,13 +14,15 @@ def bert_base():
 @pytest.mark.parametrize("r, lora", [(16, 589_824), (4, 147_456)])
 def test_bert_base_architecture(bert_base, r, lora):
     import copy
+
     model = copy.deepcopy(bert_base)
     assert count_parameters(model).total == 109_483_778
     apply_lora(model, LoRAConfig(r=r))
     c = count_parameters(model)
     assert c.lora == lora == 12 * 2 * r * (768 + 768)
     assert c.head == 768 * 2 + 2
-    assert c.base == 109_483_778 and c.total == 109_483_778 + lora
+    assert c.base == 109_483_778
+    assert c.total == 109_483_778 + lora
     assert c.trainable == lora + 1538
     if r == 16:
         assert round(c.lora_percent, 3) == 0.539
@@ -37,4 +39,6 @@ def test_embedded_minilm(minilm):
 
 def test_full_model_is_all_trainable(tiny):
     c = count_parameters(tiny)
-    assert c.lora == 0 and c.frozen == 0 and c.trainable_percent == 100
+    assert c.lora == 0
+    assert c.frozen == 0
+    assert c.trainable_percent == 100

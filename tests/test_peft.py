@@ -3,11 +3,18 @@
 import copy
 
 import pytest
-import torch
+from helpers import randomize_lora
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from helpers import randomize_lora
-from lora_tutorial import LoRAConfig, apply_lora, copy_to_peft, load_adapter, lora_layers, read_adapter_config, save_adapter
+from lora_tutorial import (
+    LoRAConfig,
+    apply_lora,
+    copy_to_peft,
+    load_adapter,
+    lora_layers,
+    read_adapter_config,
+    save_adapter,
+)
 
 
 def peft_config(cfg: LoRAConfig) -> LoraConfig:
@@ -30,8 +37,9 @@ def test_same_logits_as_peft_tiny(tiny, batch, cfg):
     randomize_lora(ours)
     copy_to_peft(ours, theirs)
     assert (ours(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
-    assert sum(p.numel() for p in ours.parameters() if p.requires_grad) == \
-        sum(p.numel() for p in theirs.parameters() if p.requires_grad)
+    assert sum(p.numel() for p in ours.parameters() if p.requires_grad) == sum(
+        p.numel() for p in theirs.parameters() if p.requires_grad
+    )
 
 
 def test_same_logits_as_peft_minilm(minilm, batch):

@@ -6,7 +6,6 @@ import pytest
 
 from lora_tutorial import stats
 
-
 SEED_EFFECT = 0.1  # a run's skill varies with its seed (logit scale): about 1 point of accuracy
 
 
@@ -21,7 +20,9 @@ def population_accuracy(skill):
     """Expected accuracy over the sentences the validation set is drawn from and over seeds."""
     rng = np.random.default_rng(99)
     difficulty = rng.normal(-2.0, 2.0, size=500_000)
-    return 100 * np.mean([np.mean(1 / (1 + np.exp(difficulty - skill - e))) for e in rng.normal(0, SEED_EFFECT, 40)])
+    return 100 * np.mean(
+        [np.mean(1 / (1 + np.exp(difficulty - skill - e))) for e in rng.normal(0, SEED_EFFECT, 40)]
+    )
 
 
 def test_interval_covers_a_known_difference_at_least_95_percent_of_the_time_and_is_not_much_wider():
@@ -73,8 +74,14 @@ def test_more_seeds_and_examples_narrow_the_interval():
 
 def test_results_table_in_interval_out():
     labels = "0101"
-    df = pd.DataFrame({"experiment": ["x", "x", "y", "y"], "seed": [0, 1, 0, 1],
-                       "predictions": ["0101", "0100", "1010", "0000"], "validation_labels": [labels] * 4})
+    df = pd.DataFrame(
+        {
+            "experiment": ["x", "x", "y", "y"],
+            "seed": [0, 1, 0, 1],
+            "predictions": ["0101", "0100", "1010", "0000"],
+            "validation_labels": [labels] * 4,
+        }
+    )
     assert stats.accuracy(df, "x").mean == pytest.approx(87.5)
     assert stats.difference(df, "x", "y").mean == pytest.approx(62.5)
     assert list(stats.summary_table(df, ["x", "y"])["seeds"]) == [2, 2]

@@ -14,8 +14,11 @@ def copy_mathjax(app, exception) -> None:
     dst = Path(app.outdir) / "_static" / "mathjax"
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / "tex-chtml.js", dst / "tex-chtml.js")
-    shutil.copytree(src / "output" / "chtml" / "fonts" / "woff-v2", dst / "output" / "chtml" / "fonts" / "woff-v2",
-                    dirs_exist_ok=True)
+    shutil.copytree(
+        src / "output" / "chtml" / "fonts" / "woff-v2",
+        dst / "output" / "chtml" / "fonts" / "woff-v2",
+        dirs_exist_ok=True,
+    )
 
 
 def setup(app):

@@ -1,0 +1,80 @@
+"""The command line, as a user types it: mistakes get one line and exit status 2, results come as JSON."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "lora_tutorial", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["run", "--experiments", "lora-r8-uper"], "Unknown experiment 'lora-r8-uper'"),
+        (["run", "--experiments", "everything"], "Unknown suite 'everything'"),
+        (["run", "--profile", "laptop"], "Unknown profile 'laptop'"),
+        (["run", "--experiments", "lora-r8-layer9"], "adapts layer 9, but the model has 2 layers"),
+        (["run", "--data", "/no/such/folder"], "SST-2 folder /no/such/folder does not exist"),
+        (["results", "--profile", "laptop"], "Unknown profile 'laptop'"),
+    ],
+)
+def test_a_mistake_prints_one_line_and_exits_2(args, says, tmp_path):
+    out = cli(*args, "--results" if args[0] != "results" else "--results", str(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert out.stderr.startswith("error: ")
+    assert says in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_malformed_tsv_is_one_line_too(tmp_path):
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\n")
+    (tmp_path / "validation.tsv").write_text("sentence\tlabel\nfine\t1\n")
+    out = cli("run", "--data", str(tmp_path), "--results", str(tmp_path / "r"))
+    assert out.returncode == 2
+    assert "train.tsv:3: expected 'sentence<TAB>label' (2 fields), got 1" in out.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    out = cli("--debug", "run", "--profile", "laptop", "--results", str(tmp_path))
+    assert "Traceback" in out.stderr
+
+
+def test_results_of_an_empty_profile_say_how_to_make_them(tmp_path):
+    out = cli("results", "--profile", "smoke", "--results", str(tmp_path))
+    assert out.returncode == 0
+    assert "Nothing is stored for the smoke profile" in out.stdout
+    assert "python -m lora_tutorial run --profile smoke" in out.stdout
+
+
+def test_results_as_json(learnable, tmp_path):
+    made = cli(
+        "run",
+        "--experiments",
+        "lora-r2-e1",
+        "--seeds",
+        "3",
+        "--data",
+        str(learnable),
+        "--results",
+        str(tmp_path),
+        "--no-progress",
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    [run] = json.loads(cli("results", "--profile", "smoke", "--results", str(tmp_path), "--json").stdout)
+    assert run["experiment"] == "lora-r2-qv-e1-n2048@3e-3"
+    assert (run["method"], run["rank"], run["seed"], run["epochs"], run["lr"]) == ("lora", 2, 3, 1, 3e-3)
+    assert run["target_modules"] == ["query", "value"]
+    assert run["layers"] is None
+    assert run["train_examples"] == 1024
+    assert run["predictions"] == 256
+    assert 0 <= run["validation_accuracy"] <= 1
+    assert run["current"] is True
+    assert run["adapter"].startswith(str(tmp_path))
+    assert run["adapter"].endswith("__seed3")
