@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -166,18 +167,19 @@ class RunRecord:
 
 
 def _legacy_experiment(d: dict) -> Experiment:
-    """The resolved experiment of a record in the earlier layout (name, rate, epochs and budget read
-    from what it recorded, not from its file name)."""
+    """The resolved experiment of a record in the earlier layout: rate and epochs as it recorded them; its
+    budget the profile's ``train_limit``, else the ablation budget if its name had a projections or layers
+    part (that grammar's rule for an ablation), else the full split."""
     c, s = d["config"], d.get("settings", {})
-    base = Experiment.parse(c["experiment"].partition("@")[0])
+    base = c["experiment"].partition("@")[0]
     if s.get("train_limit") is not None:
         examples = s["train_limit"]
-    elif s.get("ablation_train_limit"):
+    elif re.fullmatch(r"[a-z]+-r\d+-.+", base):
         examples = c["train_examples"]
     else:
         examples = None
     hp = c["hyperparameters"]
-    return replace(base, lr=hp["lr"], epochs=hp["epochs"], train_examples=examples)
+    return replace(Experiment.parse(base), lr=hp["lr"], epochs=hp["epochs"], train_examples=examples)
 
 
 LEGACY_KEYS = {"peak_bytes": "peak_memory_bytes", "baseline_bytes": "memory_baseline_bytes"}
@@ -357,6 +359,10 @@ def write_json_atomic(path: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
+def _finished(path: Path) -> str:
+    return RunRecord.from_json(json.loads(path.read_text())).timing.finished
+
+
 def migrate(root: str | Path | None = None) -> list[tuple[Path, Path]]:
     """Rewrite every record of the earlier flat layout under ``root`` into the current one (typed record,
     a file named by its full experiment name; ``cpu-tune`` runs join ``cpu`` with ``-n20000``), adapters
@@ -376,9 +382,13 @@ def migrate(root: str | Path | None = None) -> list[tuple[Path, Path]]:
         folder = root / record.profile / Path(*inside)
         new = folder / f"{record.experiment}__seed{record.seed}.json"
         profile = PROFILES.get(record.profile)
-        if not inside and (new.exists() or (profile and is_stale(record, profile))):
-            folder = root / record.profile / "superseded" / record.timing.finished.replace(":", "")
-            new = folder / new.name
+        if not inside:
+            stale = profile is not None and is_stale(record, profile)
+            if not stale and new.exists() and _finished(new) < record.timing.finished:
+                ResultStore(record.profile, root).supersede(new)  # two runs of one spec: the later one stays
+            if stale or new.exists():
+                folder = root / record.profile / "superseded" / record.timing.finished.replace(":", "")
+                new = folder / new.name
         if new.exists():
             raise ValueError(f"Cannot migrate {old}: {new} exists already; move one of them aside first.")
         folder.mkdir(parents=True, exist_ok=True)
