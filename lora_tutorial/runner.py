@@ -19,7 +19,7 @@ from .experiments import HEAD, PROFILES, Profile, RunSpec, expand, spec
 from .lora import apply_lora, train_only
 from .models import layer_count, load_model, load_tokenizer
 from .params import count_parameters
-from .store import Memory, Params, Provenance, ResultStore, RunRecord, Timing, now, write_json_atomic
+from .store import Memory, Params, Provenance, ResultStore, RunRecord, Timing, now
 from .train import TrainConfig, distributed_state, make_loaders, predict, train
 
 
@@ -218,6 +218,6 @@ def recompute_predictions(
         record.predictions, record.validation_labels = labels_text(preds), labels_text(labels)
         here = {k: v for k, v in vars(Provenance.here()).items() if k != "predictions_recomputed"}
         record.provenance.predictions_recomputed = here | {"at": now(), "from": record.adapter}
-        write_json_atomic(path, record.to_json())
+        store.update(path, record)
         written.append(path)
     return written

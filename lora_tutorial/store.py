@@ -274,6 +274,10 @@ class ResultStore:
         write_json_atomic(path, record.to_json())
         return path
 
+    def update(self, path: Path, record: RunRecord) -> None:
+        """Rewrite a stored record in place (e.g. with predictions recomputed from its adapter)."""
+        write_json_atomic(path, record.to_json())
+
     def supersede(self, path: Path) -> None:
         """Move a stored record (and its adapter) to ``superseded/<its finish time>/``."""
         if not path.exists():
