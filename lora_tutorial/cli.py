@@ -65,9 +65,14 @@ def parser() -> argparse.ArgumentParser:
 
 def run_command(args: argparse.Namespace) -> None:
     from .runner import run_suite
+    from .train import distributed_state
 
+    isolate = (
+        distributed_state().num_processes == 1
+    )  # under torchrun or accelerate, the launcher owns processes
+    progress = not args.no_progress
     for r in run_suite(
-        args.profile, args.experiments, args.seeds, args.results, args.data, args.force, not args.no_progress
+        args.profile, args.experiments, args.seeds, args.results, args.data, args.force, progress, isolate
     ):
         print(
             f"{r.experiment:>32} seed {r.seed}: accuracy {r.accuracy:.4f}, "

@@ -32,7 +32,9 @@ class DoRALinear(LoRALinear):
         return self.lora_magnitude_vector / norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``b + scale * (W + s B A) dropout(x)`` written so the frozen ``W x`` is computed once."""
+        """``b + scale * (W + s B A) dropout(x)``: the frozen ``W x`` plus ``(scale - 1) W dropout(x)``,
+        so with dropout the base weight is applied twice (once to ``x``, once to the dropped ``x``); without
+        dropout the two products are of the same input."""
         if self.merged:
             return self.base(x)
         x_d, scale = self.dropout(x), self.magnitude_scale()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import stats
 from .experiments import PROFILES, Experiment, suites
 from .models import layer_count
 from .plotting import book_style
@@ -78,8 +79,9 @@ def selection_runs(profile: str = "cpu", results: str | Path | None = None) -> p
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per experiment: accuracy mean and std over seeds, parameters, and the median time and
-    memory over seeds (a run slowed by other work on the machine does not move the median)."""
+    memory over the seeds whose runs had the CPU to themselves (``timed``; see ``store.is_contended``)."""
     g = df.groupby("experiment", sort=False)
+    timed = df[~df["contended"]].groupby("experiment", sort=False)
     out = pd.DataFrame(
         {
             "seeds": g.size(),
@@ -88,9 +90,10 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             "trainable params": g["trainable_params"].first(),
             "trainable (%)": 100 * g["trainable_params"].first() / g["total_params"].first(),
             "epochs": g["epochs"].first(),
-            "s / epoch": g["train_seconds_per_epoch"].median(),
-            "train time (min)": (g["epochs"].first() * g["train_seconds_per_epoch"].median()) / 60,
-            "peak memory (GiB)": g["peak_memory_bytes"].median() / 2**30,
+            "timed": timed.size().reindex(g.size().index, fill_value=0),
+            "s / epoch": timed["train_seconds_per_epoch"].median(),
+            "train time (min)": g["epochs"].first() * timed["train_seconds_per_epoch"].median() / 60,
+            "peak memory (GiB)": timed["peak_memory_bytes"].median() / 2**30,
             "lr": g["lr"].first(),
             "train examples": g["train_examples"].first(),
         }
@@ -105,3 +108,45 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             "peak memory (GiB)": 2,
         }
     )
+
+
+def sweep(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
+    """The learning-rate sweeps, one row per kind of experiment (full, lora, lora-qkvo-ffn) and rate:
+    seeds, mean validation accuracy and its 95 % interval (points), from the runs with predictions."""
+    labels = suite_labels(profile, ["sweep"])
+    df = load_results(results, profile)
+    if not len(df):
+        return pd.DataFrame()
+    df = df[df["current"] & df["name"].isin(labels) & df["predictions"].notna()]
+    rows = []
+    for name, runs in df.groupby("name"):
+        exp, interval = Experiment.parse(name), stats.accuracy(runs.assign(experiment=name), name)
+        rows.append(
+            {
+                "kind": exp.kind,
+                "lr": exp.lr,
+                "seeds": len(runs),
+                "accuracy (%)": interval.mean,
+                "low": interval.low,
+                "high": interval.high,
+            }
+        )
+    return pd.DataFrame(rows).sort_values(["kind", "lr"]).reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def best_rates(table: pd.DataFrame) -> pd.DataFrame:
+    """Per kind: the rate with the highest mean accuracy, whether it lies at the edge of the sweep (then the
+    sweep must be widened before it is trusted), and its ratio to full fine-tuning's best rate."""
+    rows = {}
+    for kind, g in table.groupby("kind"):
+        best = g.loc[g["accuracy (%)"].idxmax()]
+        rows[kind] = {
+            "best lr": best["lr"],
+            "accuracy (%)": best["accuracy (%)"],
+            "seeds": best["seeds"],
+            "at the edge": best["lr"] in (g["lr"].min(), g["lr"].max()),
+        }
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    if "full" in out.index:
+        out["over full's"] = out["best lr"] / out.loc["full", "best lr"]
+    return out

@@ -4,6 +4,7 @@ the store (which skips runs already stored)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from functools import partial
 from pathlib import Path
@@ -158,8 +159,11 @@ def run_suite(
     data_source: str | None = None,
     force: bool = False,
     progress: bool = True,
+    isolate: bool = False,
 ) -> list[RunRecord]:
-    """Run every (experiment, seed) that has no up-to-date stored record; return all their records."""
+    """Run every (experiment, seed) that has no up-to-date stored record; return all their records.
+    With ``isolate``, each run trains in a process of its own (the command line's default), so that its
+    time and peak memory are not inflated by the runs before it."""
     specs = resolve(profile, names, seeds)  # a bad name or layer fails here, before any data loads
     store = ResultStore(profile, results)
     todo = [s for s in specs if force or not store.find(s)]
@@ -173,6 +177,11 @@ def run_suite(
     main = distributed_state().is_main_process
     if main:
         store.remove_partial_writes()
+    if isolate and len(todo) > 1:
+        load_sst2(data_source)  # a bad data folder or TSV fails here, once, not in every child
+        for s in todo:
+            run_in_child(s, results, data_source, progress)
+        todo = []
     if todo:
         data, tokenizer = prepare_data(specs[0].profile, data_source)
         for i, s in enumerate(todo, 1):
@@ -187,6 +196,19 @@ def run_suite(
                 store.write(record, partial(save_adapter, model) if hasattr(model, "lora_config") else None)
             distributed_state().wait_for_everyone()
     return [store.load(store.path(s)) for s in specs]
+
+
+def run_in_child(run: RunSpec, results: str | Path | None, data_source: str | None, progress: bool) -> None:
+    """One run in a fresh Python process (the command line, as a user would type it)."""
+    command = [sys.executable, "-m", "lora_tutorial", "run", "--profile", run.profile.name, "--force"]
+    command += ["--experiments", run.experiment.name, "--seeds", str(run.seed)]
+    command += (["--results", str(results)] if results else []) + (
+        ["--data", str(data_source)] if data_source else []
+    )
+    if subprocess.run(command + ([] if progress else ["--no-progress"])).returncode:
+        raise ValueError(
+            f"{run.experiment.name} seed {run.seed} failed in its own process (its error is above)."
+        )
 
 
 def recompute_predictions(

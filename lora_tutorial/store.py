@@ -224,6 +224,24 @@ def is_stale(record: RunRecord, profile: Profile) -> bool:
     return any(record.settings.get(k, KeyError) != v for k, v in fixed.items())
 
 
+CONTENTION_MARGIN = 0.5  # cores: a run's own threads load the machine to about its core count
+
+
+def is_contended(record: RunRecord) -> bool:
+    """Whether other work shared the CPU while the run trained: the mean 1-minute load average during
+    training (or, for runs that did not sample it, the 5-minute one at the end) exceeded the core count
+    by more than half a core. Its times are then left out of time tables."""
+    if record.provenance.device.startswith("cuda"):
+        return False
+    timing, cpus = record.timing, record.provenance.machine.get("cpus") or 1
+    load = (
+        timing.mean_load_average
+        if timing.mean_load_average is not None
+        else (timing.load_average or [0, 0])[1]
+    )
+    return load > cpus + CONTENTION_MARGIN
+
+
 class ResultStore:
     """The stored runs of one profile: paths, atomic writes, lookup, staleness, superseding, tables."""
 
@@ -296,9 +314,10 @@ class ResultStore:
 
     def rows(self, superseded: bool = False) -> list[dict]:
         """Every stored run as a flat dict. ``experiment`` is the short name a suite of the profile uses
-        for the run (``lora-r16``) where there is one, else its full name; ``current`` says whether it is
-        up to date with the profile (fixed settings, predictions stored) and ``used`` whether the
-        profile's suites use it (the others chose settings or were earlier trials)."""
+        for the run (``lora-r16``) where there is one, else its full name; ``current`` says whether it was
+        made with the profile's fixed settings and not replaced, ``used`` whether the profile's suites
+        use it (the others chose settings or were earlier trials), ``contended`` whether other work
+        shared the CPU while it trained (its times are not the machine's)."""
         profile = PROFILES.get(self.profile)
         labels = {}
         if profile is not None:
@@ -309,7 +328,7 @@ class ResultStore:
         for path, r in self.records(superseded):
             hp = r.config["hyperparameters"]
             old = "superseded" in path.relative_to(self.folder).parts
-            current = bool(profile) and not old and bool(r.predictions) and not is_stale(r, profile)
+            current = bool(profile) and not old and not is_stale(r, profile)
             rows.append(
                 {
                     **{
@@ -331,6 +350,7 @@ class ResultStore:
                     "examples_per_second": r.timing.examples_per_second,
                     "run_seconds": r.timing.run_seconds,
                     "mean_load_average": r.timing.mean_load_average,
+                    "contended": is_contended(r),
                     "peak_memory_bytes": r.memory.peak_bytes,
                     "memory_baseline_bytes": r.memory.baseline_bytes,
                     "device": r.provenance.device,

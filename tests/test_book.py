@@ -2,6 +2,7 @@
 in a real (headless) browser, and the Colab twins match their MyST sources."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -113,3 +114,12 @@ def test_math_renders_in_a_browser(html, chromium, chapter):
     assert "<mjx-merror" not in dom, "MathJax reported a TeX error"
     assert shot.is_file()
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("chapter", sorted((ROOT / "book").glob("*.md")), ids=lambda p: p.stem)
+def test_prose_names_no_chapter_by_a_typed_number(chapter):
+    """Chapter numbers are generated ({doc}, {ref}, {numref}); a typed one goes stale when chapters move."""
+    cells = jupytext.read(chapter).cells if "jupytext:" in chapter.read_text()[:400] else []
+    prose = [c.source for c in cells if c.cell_type == "markdown"] or [chapter.read_text()]
+    typed = [m.group(0) for text in prose for m in re.finditer(r"\b[Cc]hapters? \d+\b", text)]
+    assert not typed, f"{chapter.name} types chapter numbers {typed}: link with {{doc}}`name` instead"

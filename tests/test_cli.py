@@ -53,21 +53,13 @@ def test_results_of_an_empty_profile_say_how_to_make_them(tmp_path):
     assert "python -m lora_tutorial run --profile smoke" in out.stdout
 
 
-def test_results_as_json(learnable, tmp_path):
-    made = cli(
-        "run",
-        "--experiments",
-        "lora-r2-e1",
-        "--seeds",
-        "3",
-        "--data",
-        str(learnable),
-        "--results",
-        str(tmp_path),
-        "--no-progress",
-    )
+def test_runs_made_in_their_own_processes_come_back_as_json(learnable, tmp_path):
+    data = ["--data", str(learnable), "--results", str(tmp_path), "--no-progress"]
+    made = cli("run", "--experiments", "lora-r2-e1", "--seeds", "3", "4", *data)  # two runs: two processes
     assert made.returncode == 0, made.stderr[-2000:]
-    [run] = json.loads(cli("results", "--profile", "smoke", "--results", str(tmp_path), "--json").stdout)
+    runs = json.loads(cli("results", "--profile", "smoke", "--results", str(tmp_path), "--json").stdout)
+    assert [r["seed"] for r in runs] == [3, 4]
+    run = runs[0]
     assert run["experiment"] == "lora-r2-qv-e1-n2048@3e-3"
     assert (run["method"], run["rank"], run["seed"], run["epochs"], run["lr"]) == ("lora", 2, 3, 1, 3e-3)
     assert run["target_modules"] == ["query", "value"]

@@ -8,6 +8,7 @@ from lora_tutorial.report import selection_runs, study_results, summarize
 
 
 def test_stored_results_are_used_and_summarized(learnable, tmp_path, monkeypatch):
+    monkeypatch.setattr("lora_tutorial.store.CONTENTION_MARGIN", 1e9)  # time every run, however busy the CPU
     runner.run_suite("smoke", ["full", "lora-r16"], [0, 1], tmp_path, learnable, progress=False)
     df, shown = study_results(["headline"], "smoke", results=tmp_path, require=("full", "lora-r16"))
     assert shown == "smoke"
@@ -50,3 +51,15 @@ def test_selection_runs_are_the_stored_runs_the_suites_do_not_use(learnable, tmp
     assert sorted(runs["name"]) == ["head-e1-n2048@1e-2", "head-e1-n2048@3e-3"]
     assert list(runs.sort_values("name")["superseded"]) == [False, True]
     assert len(selection_runs("cpu", tmp_path)) == 0
+
+
+def test_times_of_runs_that_shared_the_cpu_are_left_out(learnable, tmp_path, monkeypatch):
+    monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs={"full": 1}))
+    runner.run_suite("smoke", ["full"], [0, 1], tmp_path, learnable, progress=False)
+    monkeypatch.setattr("lora_tutorial.store.CONTENTION_MARGIN", -1e9)  # as if every run had shared it
+    df, _ = study_results(["headline"], "smoke", results=tmp_path, require=("full",))
+    table = summarize(df)
+    assert df["contended"].all()
+    assert table.loc["full", "timed"] == 0
+    assert table["s / epoch"].isna().all()
+    assert table.loc["full", "seeds"] == 2  # accuracy still counts every seed

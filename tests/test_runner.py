@@ -291,3 +291,12 @@ def test_predictions_are_recomputed_from_a_stored_adapter(learnable, tmp_path):
     assert again.predictions == record.predictions
     assert again.provenance.predictions_recomputed["from"] == record.adapter
     assert runner.recompute_predictions("smoke", tmp_path, learnable) == []  # nothing left to do
+
+
+def test_isolated_runs_each_train_in_a_process_of_their_own(learnable, tmp_path, monkeypatch):
+    children = []
+    monkeypatch.setattr(runner, "run_in_child", lambda run, *a: children.append(run.experiment.name))
+    monkeypatch.setattr(runner, "run_one", lambda *a: pytest.fail("trained in the calling process"))
+    with pytest.raises(FileNotFoundError):  # nothing was stored by the stand-in children
+        runner.run_suite("smoke", ["full", "head"], [0], tmp_path, learnable, progress=False, isolate=True)
+    assert children == ["full-e3-n2048@1e-3", "head-e3-n2048@3e-3"]
