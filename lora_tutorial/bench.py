@@ -70,7 +70,8 @@ def make_batch(batch_size: int = 32, seq_len: int = 16, vocab: int = 30522, seed
 
 
 def logits_gap_to_peft(base: nn.Module, batch: dict) -> float:
-    """Max |logit difference| between our LoRA and peft's with the same A, B and head, in eval mode."""
+    """The largest absolute logit difference between our LoRA and peft's with the same A, B and head
+    (evaluation mode)."""
     ours, theirs = make_variant(base, "lora"), make_variant(base, "peft")
     with torch.no_grad():
         for layer in lora_layers(ours).values():

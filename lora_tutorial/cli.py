@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--profile", required=True)
     pred.add_argument("--results", default=None)
     pred.add_argument("--data", default=None, help=DATA_HELP)
+    pick = sub.add_parser("choose", help="the learning rate and epochs the stored sweeps choose, per method")
+    pick.add_argument("--profile", default="cpu")
+    pick.add_argument("--results", default=None)
     mig = sub.add_parser("migrate", help="convert stored results of the earlier layout to the current one")
     mig.add_argument("--results", default=None)
     sub.add_parser("profiles", help="print every profile's settings")
@@ -141,6 +144,25 @@ def results_command(args: argparse.Namespace) -> None:
     )
 
 
+def choose_command(args: argparse.Namespace) -> None:
+    from .report import choose
+    from .runner import profile_named
+
+    profile_named(args.profile)
+    choices = choose(args.profile, args.results)
+    if not choices:
+        print(
+            f"No learning-rate sweep is stored; run\n  python -m lora_tutorial run --profile {args.profile} "
+            "--experiments sweep --seeds 0 1"
+        )
+    for c in choices:
+        seen = ", ".join(f"{e} epoch{'s' * (e > 1)}: {a:.2f} %" for e, a in c.accuracy.items())
+        edge = " (at the edge of the sweep: widen it)" if c.at_edge else ""
+        print(f"{c.kind}: lr {c.lr:g}{edge}; {seen}; epochs: {c.epochs or 'not yet decided'}")
+        if c.to_run:
+            print(f"  still to run, on the sweep's seeds: {' '.join(c.to_run)}")
+
+
 def bench_command(args: argparse.Namespace) -> None:
     from .bench import main as bench_main
     from .bench import padding_benchmark
@@ -166,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
 
             for path in recompute_predictions(args.profile, args.results, args.data):
                 print(f"predictions added: {path}")
+        elif args.command == "choose":
+            choose_command(args)
         elif args.command == "migrate":
             from .store import migrate
 

@@ -106,6 +106,7 @@ _NAME = re.compile(
     r"(?:(full|head)|(lora|rslora|dora|loraplus)-r(\d+)(?:-(q|v|qv|qkvo-ffn|qkvo))?"
     r"(?:-(lower|upper|layer\d+))?)(?:-e(\d+))?(?:-n(\d+))?(?:@(.+))?"
 )
+#: How an experiment name is written (the error for an unknown name quotes it).
 GRAMMAR = (
     "full | head | lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn][-lower|-upper|-layer<i>][-e<epochs>][-n<examples>]"
     "[@<lr>] (rslora-, dora-, loraplus- for lora-), e.g. lora-r16, lora-r8-layer3, full@5e-5, "
@@ -229,7 +230,7 @@ class RunSpec:
 
     @property
     def stem(self) -> str:
-        """The stored file's name without extension: which experiment, settings and seed it holds."""
+        """The stored file's name without extension; it says which experiment, settings and seed it holds."""
         return f"{self.experiment.name}__seed{self.seed}"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -149,4 +150,43 @@ def best_rates(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame.from_dict(rows, orient="index")
     if "full" in out.index:
         out["over full's"] = out["best lr"] / out.loc["full", "best lr"]
+    return out
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the sweep chooses for one kind of experiment: its best rate, and then 1 or 2 epochs."""
+
+    kind: str
+    lr: float
+    at_edge: bool
+    epochs: int | None  # None until both epoch counts have runs on every sweep seed
+    accuracy: dict[int, float]  # epochs -> mean validation accuracy (%) at that rate
+    to_run: tuple[str, ...]  # what the rule still needs (names, on the sweep's seeds)
+
+
+def choose(profile: str = "cpu", results: str | Path | None = None) -> list[Choice]:
+    """The one rule every method is tuned by: on the tuning subset, the learning rate with the highest
+    mean accuracy over the sweep's seeds (a rate at the edge of the sweep is flagged: widen it); then, at
+    that rate, 2 epochs instead of 1 only if their mean accuracy over the same seeds is higher."""
+    table = sweep(profile, results)
+    if not len(table):
+        return []
+    prof, df = PROFILES[profile], load_results(results, profile)
+    out = []
+    for kind, best in best_rates(table).iterrows():
+        base = Experiment.parse(
+            next(n for _, n in suites(prof, 1)["sweep"] if Experiment.parse(n).kind == kind)
+        )
+        seeds = int(best["seeds"])
+        accuracy, to_run = {}, []
+        for epochs in (1, 2):
+            name = replace(base, lr=best["best lr"], epochs=epochs).name
+            runs = df[df["current"] & (df["name"] == name) & df["predictions"].notna()] if len(df) else df
+            if len(runs) >= seeds:
+                accuracy[epochs] = 100 * runs["validation_accuracy"].mean()
+            else:
+                to_run.append(name)
+        epochs = (2 if accuracy[2] > accuracy[1] else 1) if len(accuracy) == 2 else None
+        out.append(Choice(kind, best["best lr"], bool(best["at the edge"]), epochs, accuracy, tuple(to_run)))
     return out

@@ -110,6 +110,7 @@ def verdict(diff: Interval, a: str, b: str) -> str:
     span = f"{diff.mean:+.2f} points, 95 % interval {diff.low:+.2f} to {diff.high:+.2f}"
     if diff.contains_zero:
         return f"no difference between {a} and {b} is detectable at this budget ({span})"
+    span = f"95 % interval {diff.low:+.2f} to {diff.high:+.2f}"
     return f"{a} is {'ahead of' if diff.mean > 0 else 'behind'} {b} by {abs(diff.mean):.2f} points ({span})"
 
 

@@ -355,6 +355,7 @@ class ResultStore:
                     "memory_baseline_bytes": r.memory.baseline_bytes,
                     "device": r.provenance.device,
                     "cpus": r.provenance.machine.get("cpus"),
+                    "torch": r.provenance.versions.get("torch"),
                     "git_commit": r.provenance.git_commit,
                     "git_dirty": r.provenance.git_dirty,
                     "current": current,

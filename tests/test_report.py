@@ -3,8 +3,9 @@
 from dataclasses import replace
 
 from lora_tutorial import runner
-from lora_tutorial.experiments import PROFILES
-from lora_tutorial.report import selection_runs, study_results, summarize
+from lora_tutorial.experiments import PROFILES, lr_text
+from lora_tutorial.report import choose, selection_runs, study_results, summarize
+from lora_tutorial.report import sweep as sweep_table
 
 
 def test_stored_results_are_used_and_summarized(learnable, tmp_path, monkeypatch):
@@ -43,12 +44,12 @@ def test_selection_runs_are_the_stored_runs_the_suites_do_not_use(learnable, tmp
     monkeypatch.setitem(
         PROFILES, "smoke", replace(PROFILES["smoke"], epochs={"head": 1, "full": 1, "lora": 1})
     )
-    runner.run_suite("smoke", ["head", "head@1e-2"], [0], tmp_path, learnable, progress=False)
+    runner.run_suite("smoke", ["full", "full@1e-2"], [0], tmp_path, learnable, progress=False)
     runner.run_suite(
-        "smoke", ["head"], [0], tmp_path, learnable, force=True, progress=False
+        "smoke", ["full"], [0], tmp_path, learnable, force=True, progress=False
     )  # supersedes one
-    runs = selection_runs("smoke", tmp_path)
-    assert sorted(runs["name"]) == ["head-e1-n2048@1e-2", "head-e1-n2048@3e-3"]
+    runs = selection_runs("smoke", tmp_path)  # the headline uses the current "full", not the others
+    assert sorted(runs["name"]) == ["full-e1-n2048@1e-2", "full-e1-n2048@1e-3"]
     assert list(runs.sort_values("name")["superseded"]) == [False, True]
     assert len(selection_runs("cpu", tmp_path)) == 0
 
@@ -63,3 +64,24 @@ def test_times_of_runs_that_shared_the_cpu_are_left_out(learnable, tmp_path, mon
     assert table.loc["full", "timed"] == 0
     assert table["s / epoch"].isna().all()
     assert table.loc["full", "seeds"] == 2  # accuracy still counts every seed
+
+
+def test_one_rule_chooses_rate_then_epochs(learnable, tmp_path, monkeypatch):
+    rates = {"full": (1e-5, 1e-3, 1e-1)}
+    monkeypatch.setitem(
+        PROFILES,
+        "smoke",
+        replace(PROFILES["smoke"], sweep=rates, ablation_train_limit=256, ablation_epochs=1),
+    )
+    runner.run_suite("smoke", ["sweep"], [0], tmp_path, learnable, progress=False)
+    [first] = choose("smoke", tmp_path)
+    table = sweep_table("smoke", tmp_path)
+    assert first.lr == table.loc[table["accuracy (%)"].idxmax(), "lr"]
+    assert first.at_edge == (first.lr in (1e-5, 1e-1))
+    assert first.epochs is None
+    assert first.to_run == (f"full-e2-n256@{lr_text(first.lr)}",)
+    runner.run_suite("smoke", list(first.to_run), [0], tmp_path, learnable, progress=False)
+    [done] = choose("smoke", tmp_path)
+    assert done.to_run == ()
+    assert done.epochs == (2 if done.accuracy[2] > done.accuracy[1] else 1)
+    assert len(table) == 3
