@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+from datasets.utils.logging import disable_progress_bar
 
 from . import stats
 from .experiments import PROFILES, Experiment, suites
@@ -20,9 +21,10 @@ PROFILE_ENV = "LORA_TUTORIAL_PROFILE"
 
 
 def setup_chapter() -> str:
-    """What every study chapter starts with: the book's figure style, and the profile whose stored results
-    it shows (``$LORA_TUTORIAL_PROFILE``, default ``cpu``)."""
+    """What every study chapter starts with: the book's figure style, no progress bars in the page, and the
+    profile whose stored results it shows (``$LORA_TUTORIAL_PROFILE``, default ``cpu``)."""
     book_style()
+    disable_progress_bar()
     return os.environ.get(PROFILE_ENV, "cpu")
 
 

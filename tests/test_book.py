@@ -54,6 +54,11 @@ def test_chapter_has_figures_and_no_errors(html, chapter):
     outputs = soup.select("div.cell_output")
     assert outputs, "no executed outputs"
     assert soup.select("div.cell_output img"), "no figure"
+    uncaptioned = [img["src"] for img in soup.select("div.cell_output img") if not img.find_parent("figure")]
+    assert not uncaptioned, f"figures without a caption (mystnb figure metadata): {uncaptioned}"
+    assert all(f.find("figcaption") for f in soup.select("div.cell_output figure")), (
+        "a figure lacks its caption"
+    )
     assert not soup.select(".output.error, .output.traceback"), "an error in the output"
     assert "Traceback" not in soup.get_text()
     assert soup.select("span.math, div.math"), "no math"
