@@ -81,7 +81,8 @@ def selection_runs(profile: str = "cpu", results: str | Path | None = None) -> p
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per experiment: accuracy mean and std over seeds, parameters, and the median time and
+    """One row per experiment: accuracy mean, std and 95 % interval over seeds (``low``, ``high``: seeds and
+    sentences resampled; empty while a run lacks its predictions), parameters, and the median time and
     memory over the seeds whose runs had the CPU to themselves (``timed``; see ``store.is_contended``)."""
     g = df.groupby("experiment", sort=False)
     timed = df[~df["contended"]].groupby("experiment", sort=False)
@@ -90,6 +91,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             "seeds": g.size(),
             "accuracy (%)": 100 * g["validation_accuracy"].mean(),
             "std": 100 * g["validation_accuracy"].std(ddof=1),
+            "low": float("nan"),
+            "high": float("nan"),
             "trainable params": g["trainable_params"].first(),
             "trainable (%)": 100 * g["trainable_params"].first() / g["total_params"].first(),
             "epochs": g["epochs"].first(),
@@ -101,16 +104,43 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             "train examples": g["train_examples"].first(),
         }
     )
+    scored = [e for e, runs in g if runs["predictions"].notna().all()]
+    out.loc[scored, ["low", "high"]] = stats.summary_table(df, scored)[["low", "high"]].to_numpy()
     return out.round(
         {
             "accuracy (%)": 2,
             "std": 2,
+            "low": 2,
+            "high": 2,
             "trainable (%)": 3,
             "s / epoch": 0,
             "train time (min)": 1,
             "peak memory (GiB)": 2,
         }
     )
+
+
+@dataclass(frozen=True)
+class Brief:
+    """A table shown by the columns the text discusses, with all of its columns one click away."""
+
+    table: pd.DataFrame
+    columns: tuple[str, ...]
+
+    def _repr_html_(self) -> str:
+        short, full = self.table[list(self.columns)]._repr_html_(), self.table._repr_html_()
+        return f"{short}<details><summary>All columns</summary>{full}</details>"
+
+    def __repr__(self) -> str:
+        return repr(self.table[list(self.columns)])
+
+
+def brief(table: pd.DataFrame, *columns: str) -> Brief:
+    """Show ``table`` by ``columns`` (those the text uses) and the rest in a dropdown."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"No column {missing} in the table; its columns are {list(table.columns)}.")
+    return Brief(table, columns)
 
 
 def sweep(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
@@ -152,6 +182,37 @@ def best_rates(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame.from_dict(rows, orient="index")
     if "full" in out.index:
         out["over full's"] = out["best lr"] / out.loc["full", "best lr"]
+    return out
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """The best rate of one kind of experiment against a neighbouring rate of its sweep."""
+
+    kind: str
+    best: float
+    other: float
+    difference: stats.Interval  # best minus other, points
+
+
+def peak_contrasts(profile: str = "cpu", results: str | Path | None = None) -> list[Contrast]:
+    """How sharply each sweep peaks: its best rate against the rates next to it on the grid, paired on the
+    validation sentences (an interval containing 0: the neighbour is as good, as far as this budget tells)."""
+    table = sweep(profile, results)
+    if not len(table):
+        return []
+    labels = suite_labels(profile, ["sweep"])
+    df = load_results(results, profile)
+    df = df[df["current"] & df["name"].isin(labels) & df["predictions"].notna()]
+    df = df.assign(experiment=df["name"])
+    out = []
+    for kind, best in best_rates(table).iterrows():
+        rates = sorted(table.loc[table["kind"] == kind, "lr"])
+        name = {Experiment.parse(n).lr: n for n in df["name"] if Experiment.parse(n).kind == kind}
+        i = rates.index(best["best lr"])
+        for other in rates[max(i - 1, 0) : i] + rates[i + 1 : i + 2]:
+            diff = stats.difference(df, name[best["best lr"]], name[other])
+            out.append(Contrast(kind, best["best lr"], other, diff))
     return out
 
 

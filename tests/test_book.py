@@ -12,6 +12,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
+import yaml
 from bs4 import BeautifulSoup
 
 ROOT = Path(__file__).parents[1]
@@ -60,6 +61,10 @@ def test_chapter_has_figures_and_no_errors(html, chapter):
         "a figure lacks its caption"
     )
     assert not soup.select(".output.error, .output.traceback"), "an error in the output"
+    printed = " ".join(o.get_text() for o in outputs)
+    warned = re.findall(r"\w*Warning: .{0,80}|site-packages/\S+", printed)
+    assert not warned, f"warnings printed into the page: {warned}"
+    assert not soup.select("div.cell_output .output.stderr"), "something written to stderr is in the page"
     assert "Traceback" not in soup.get_text()
     assert soup.select("span.math, div.math"), "no math"
     assert "Exercises" in soup.get_text(), "no exercises"
@@ -82,6 +87,20 @@ def test_colab_twins_match_sources():
             f"{twin.name} is out of date: run `jupytext --sync {md.relative_to(ROOT)}`"
         )
         assert "google.colab" in next(c for c in a.cells if c.cell_type == "code").source
+
+
+def test_colab_cells_follow_the_repository_setting():
+    """The repository is one setting (``repository`` in _config.yml): the launch buttons read it, and every
+    chapter's Colab cell must clone the same URL and branch, so the study chapters find its stored results."""
+    repo = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
+    setting = f'REPO, BRANCH = "{repo["url"]}", "{repo["branch"]}"'
+    for md in NOTEBOOKS:
+        cell = next(c for c in jupytext.read(md).cells if c.cell_type == "code").source
+        assert setting in cell, (
+            f"{md.name}: its Colab cell must set `{setting}` (the repository of _config.yml)"
+        )
+        assert "!git clone -q --depth 1 -b {BRANCH} {REPO} /content/lora-tutorial" in cell
+        assert "%cd /content/lora-tutorial/book" in cell, f"{md.name}: its Colab cell must work in book/"
 
 
 @pytest.fixture(scope="session")

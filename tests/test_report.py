@@ -2,9 +2,18 @@
 
 from dataclasses import replace
 
-from lora_tutorial import runner
+import pytest
+
+from lora_tutorial import runner, stats
 from lora_tutorial.experiments import PROFILES, lr_text
-from lora_tutorial.report import choose, selection_runs, study_results, summarize
+from lora_tutorial.report import (
+    brief,
+    choose,
+    peak_contrasts,
+    selection_runs,
+    study_results,
+    summarize,
+)
 from lora_tutorial.report import sweep as sweep_table
 
 
@@ -21,6 +30,17 @@ def test_stored_results_are_used_and_summarized(learnable, tmp_path, monkeypatch
         100 * df[df.experiment == "full"].validation_accuracy.mean(), 2
     )
     assert table.loc["full", "trainable (%)"] == 100
+    interval = stats.accuracy(df, "lora-r16")
+    assert table.loc["lora-r16", "low"] == round(interval.low, 2)
+    assert (
+        table.loc["lora-r16", "low"] <= table.loc["lora-r16", "accuracy (%)"] <= table.loc["lora-r16", "high"]
+    )
+    html = brief(table, "accuracy (%)", "low", "high")._repr_html_()
+    assert html.count("<table") == 2  # the columns the text uses, then every column in a dropdown
+    assert "trainable params" not in html.split("<details>")[0]
+    assert "trainable params" in html.split("<details>")[1]
+    with pytest.raises(ValueError, match="its columns are"):
+        brief(table, "accuracy")
     assert (df.loc[df.method == "lora", "lora_dropout"] == 0.0).all()
     assert df.loc[df.method == "full", "lora_dropout"].isna().all()
     assert (table["epochs"] == 3).all()
@@ -79,6 +99,12 @@ def test_one_rule_chooses_rate_then_epochs(learnable, tmp_path, monkeypatch):
     assert first.lr == table.loc[table["accuracy (%)"].idxmax(), "lr"]
     assert first.at_edge == (first.lr in (1e-5, 1e-1))
     assert first.epochs is None
+    contrasts = peak_contrasts("smoke", tmp_path)  # the best rate against its neighbours on the grid
+    i = rates["full"].index(first.lr)
+    assert [c.other for c in contrasts] == [*rates["full"][max(i - 1, 0) : i], *rates["full"][i + 1 : i + 2]]
+    for c in contrasts:
+        acc = table.set_index("lr")["accuracy (%)"]
+        assert abs(c.difference.mean - (acc[c.best] - acc[c.other])) < 1e-6
     assert first.to_run == (f"full-e2-n256@{lr_text(first.lr)}",)
     runner.run_suite("smoke", list(first.to_run), [0], tmp_path, learnable, progress=False)
     [done] = choose("smoke", tmp_path)
