@@ -20,6 +20,11 @@ from .store import load_results
 PROFILE_ENV = "LORA_TUTORIAL_PROFILE"
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and the noun, plural unless one: ``counted(3, "seed") == "3 seeds"``."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def setup_chapter() -> str:
     """What every study chapter starts with: the book's figure style, no progress bars in the page, and the
     profile whose stored results it shows (``$LORA_TUTORIAL_PROFILE``, default ``cpu``)."""
