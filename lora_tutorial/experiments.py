@@ -59,6 +59,7 @@ class Profile:
         return out | ({"lora_dropout": self.lora_dropout} if method == "lora" else {})
 
 
+#: The profiles by name (``smoke``, ``cpu``, ``gpu``): every setting of their runs lives here.
 PROFILES = {
     "smoke": Profile(
         "smoke",

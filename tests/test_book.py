@@ -1,6 +1,9 @@
 """The book: builds with warnings as errors, every chapter has figures and no errors, math renders
 in a real (headless) browser, and the Colab twins match their MyST sources."""
 
+import ast
+import importlib
+import inspect
 import os
 import re
 import shutil
@@ -149,3 +152,36 @@ def test_prose_names_no_chapter_by_a_typed_number(chapter):
     prose = [c.source for c in cells if c.cell_type == "markdown"] or [chapter.read_text()]
     typed = [m.group(0) for text in prose for m in re.finditer(r"\b[Cc]hapters? \d+\b", text)]
     assert not typed, f"{chapter.name} types chapter numbers {typed}: link with {{doc}}`name` instead"
+
+
+def documented_names() -> set[str]:
+    """The names the API page documents: each automodule's :members: list, or all its public names."""
+    text, names = (ROOT / "book" / "api.md").read_text(), set()
+    for module, members in re.findall(r"automodule:: (\S+)\n(?:\s+:members:(.*))?", text):
+        if members.strip():
+            names |= {m.strip() for m in members.split(",")}
+        else:
+            mod = importlib.import_module(module)
+            names |= {n for n, v in vars(mod).items() if getattr(v, "__module__", None) == module}
+    return names
+
+
+def test_api_page_documents_every_name_the_chapters_import():
+    imported = set()
+    for md in NOTEBOOKS:
+        for cell in jupytext.read(md).cells:
+            if cell.cell_type == "code":
+                code = "\n".join(line for line in cell.source.splitlines() if line.strip()[:1] not in "%!")
+                for node in ast.walk(ast.parse(code)):
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lora_tutorial"):
+                        module = importlib.import_module(node.module)
+                        for (
+                            a
+                        ) in node.names:  # a submodule (``from lora_tutorial import stats``) is not a name
+                            value = getattr(module, a.name, None)
+                            if value is None:
+                                value = importlib.import_module(f"{node.module}.{a.name}")
+                            if not inspect.ismodule(value):
+                                imported.add(a.name)
+    missing = sorted(imported - documented_names())
+    assert not missing, f"chapters use {missing}, which book/api.md does not document"

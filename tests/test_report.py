@@ -15,6 +15,7 @@ from lora_tutorial.report import (
     summarize,
 )
 from lora_tutorial.report import sweep as sweep_table
+from lora_tutorial.store import ResultStore, is_contended
 
 
 def test_stored_results_are_used_and_summarized(learnable, tmp_path, monkeypatch):
@@ -84,6 +85,12 @@ def test_times_of_runs_that_shared_the_cpu_are_left_out(learnable, tmp_path, mon
     assert table.loc["full", "timed"] == 0
     assert table["s / epoch"].isna().all()
     assert table.loc["full", "seeds"] == 2  # accuracy still counts every seed
+    monkeypatch.setattr("lora_tutorial.store.CONTENTION_MARGIN", 1e9)  # an idle machine...
+    _, record = ResultStore("smoke", tmp_path).records()[0]
+    record.provenance.machine.update(cpus=4, torch_threads=4)
+    assert not is_contended(record)
+    record.provenance.machine["torch_threads"] = 2
+    assert is_contended(record)  # ...but the run was held to fewer threads than cores
 
 
 def test_one_rule_chooses_rate_then_epochs(learnable, tmp_path, monkeypatch):
