@@ -239,7 +239,7 @@ def is_contended(record: RunRecord) -> bool:
     if record.provenance.device.startswith("cuda"):
         return False
     timing, cpus = record.timing, record.provenance.machine.get("cpus") or 1
-    if (record.provenance.machine.get("torch_threads") or cpus) < cpus:
+    if (record.provenance.machine.get("torch_threads") or cpus) + CONTENTION_MARGIN < cpus:
         return True
     load = (
         timing.mean_load_average
