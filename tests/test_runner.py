@@ -208,7 +208,9 @@ def test_suites_state_their_budget():
     assert len(table["sweep"]) == 15 + 3 * 3  # five rates per headline method, three per variant
     resolved = {Experiment.parse(n).resolve(cpu).name for _, n in table["variants"] + table["sweep"]}
     variants = {Experiment.parse(n).resolve(cpu).name for _, n in table["variants"]}
-    assert variants <= {n for _, n in table["sweep"]} <= resolved  # each variant's run is a point of its sweep
+    assert (
+        variants <= {n for _, n in table["sweep"]} <= resolved
+    )  # each variant's run is a point of its sweep
     assert all("-n20000@" in name for _, name in table["sweep"])
 
 
