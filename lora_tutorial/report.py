@@ -11,7 +11,7 @@ import pandas as pd
 from datasets.utils.logging import disable_progress_bar
 
 from . import stats
-from .experiments import PROFILES, Experiment, suites
+from .experiments import HEADLINE_KINDS, PROFILES, Experiment, suites
 from .models import layer_count
 from .plotting import book_style
 from .runner import run_suite
@@ -235,8 +235,9 @@ class Choice:
 
 def choose(profile: str = "cpu", results: str | Path | None = None) -> list[Choice]:
     """The one rule every method is tuned by: on the tuning subset, the learning rate with the highest
-    mean accuracy over the sweep's seeds (a rate at the edge of the sweep is flagged: widen it); then, at
-    that rate, 2 epochs instead of 1 only if their mean accuracy over the same seeds is higher."""
+    mean accuracy over the sweep's seeds (a rate at the edge of the sweep is flagged: widen it); then, for
+    the headline's methods (which train on the full split), 2 epochs instead of 1 at that rate only if their
+    mean accuracy over the same seeds is higher. The variants keep the ablation budget's epochs."""
     table = sweep(profile, results)
     if not len(table):
         return []
@@ -248,6 +249,12 @@ def choose(profile: str = "cpu", results: str | Path | None = None) -> list[Choi
         )
         seeds = int(best["seeds"])
         accuracy, to_run = {}, []
+        if kind not in HEADLINE_KINDS:
+            accuracy = {prof.ablation_epochs: best["accuracy (%)"]}
+            out.append(
+                Choice(kind, best["best lr"], bool(best["at the edge"]), prof.ablation_epochs, accuracy, ())
+            )
+            continue
         for epochs in (1, 2):
             name = replace(base, lr=best["best lr"], epochs=epochs).name
             runs = df[df["current"] & (df["name"] == name) & df["predictions"].notna()] if len(df) else df

@@ -85,28 +85,33 @@ def test_times_of_runs_that_shared_the_cpu_are_left_out(learnable, tmp_path, mon
     assert table.loc["full", "timed"] == 0
     assert table["s / epoch"].isna().all()
     assert table.loc["full", "seeds"] == 2  # accuracy still counts every seed
-    monkeypatch.setattr("lora_tutorial.store.CONTENTION_MARGIN", 1e9)  # an idle machine...
+    monkeypatch.setattr("lora_tutorial.store.CONTENTION_MARGIN", 0.5)
     _, record = ResultStore("smoke", tmp_path).records()[0]
+    record.timing.mean_load_average = 3.5
     record.provenance.machine.update(cpus=4, torch_threads=4)
-    assert not is_contended(record)
+    assert not is_contended(record)  # a machine busy with the run's own threads only...
     record.provenance.machine["torch_threads"] = 2
     assert is_contended(record)  # ...but the run was held to fewer threads than cores
 
 
 def test_one_rule_chooses_rate_then_epochs(learnable, tmp_path, monkeypatch):
-    rates = {"full": (1e-5, 1e-3, 1e-1)}
+    rates = {"full": (1e-5, 1e-3, 1e-1), "rslora": (1e-3, 1e-2)}
     monkeypatch.setitem(
         PROFILES,
         "smoke",
         replace(PROFILES["smoke"], sweep=rates, ablation_train_limit=256, ablation_epochs=1),
     )
     runner.run_suite("smoke", ["sweep"], [0], tmp_path, learnable, progress=False)
-    [first] = choose("smoke", tmp_path)
+    first, variant = choose("smoke", tmp_path)
+    assert variant.kind == "rslora"
+    assert variant.to_run == ()  # a variant keeps the ablation budget's epochs: no epoch runs
+    assert variant.epochs == 1
     table = sweep_table("smoke", tmp_path)
+    table = table[table["kind"] == "full"]
     assert first.lr == table.loc[table["accuracy (%)"].idxmax(), "lr"]
     assert first.at_edge == (first.lr in (1e-5, 1e-1))
     assert first.epochs is None
-    contrasts = peak_contrasts("smoke", tmp_path)  # the best rate against its neighbours on the grid
+    contrasts = [c for c in peak_contrasts("smoke", tmp_path) if c.kind == "full"]  # best vs neighbours
     i = rates["full"].index(first.lr)
     assert [c.other for c in contrasts] == [*rates["full"][max(i - 1, 0) : i], *rates["full"][i + 1 : i + 2]]
     for c in contrasts:
@@ -114,7 +119,7 @@ def test_one_rule_chooses_rate_then_epochs(learnable, tmp_path, monkeypatch):
         assert abs(c.difference.mean - (acc[c.best] - acc[c.other])) < 1e-6
     assert first.to_run == (f"full-e2-n256@{lr_text(first.lr)}",)
     runner.run_suite("smoke", list(first.to_run), [0], tmp_path, learnable, progress=False)
-    [done] = choose("smoke", tmp_path)
+    done, _ = choose("smoke", tmp_path)
     assert done.to_run == ()
     assert done.epochs == (2 if done.accuracy[2] > done.accuracy[1] else 1)
     assert len(table) == 3
