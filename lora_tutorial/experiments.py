@@ -34,6 +34,7 @@ SWEEP_BASES = {
     "dora": "dora-r16",
     "loraplus": "loraplus-r16",
 }
+#: The kinds the headline compares: full fine-tuning, LoRA on query and value, LoRA on every linear layer.
 HEADLINE_KINDS = tuple(SWEEP_BASES)[:3]
 LORAPLUS_RATIO = 16.0  # LoRA+: B's learning rate over A's (Hayou et al., 2024)
 
