@@ -34,7 +34,7 @@ SWEEP_BASES = {
     "dora": "dora-r16",
     "loraplus": "loraplus-r16",
 }
-#: The kinds the headline compares: full fine-tuning, LoRA on query and value, LoRA on every linear layer.
+#: The kinds the headline compares (full fine-tuning, LoRA on query and value, LoRA on every linear layer).
 HEADLINE_KINDS = tuple(SWEEP_BASES)[:3]
 LORAPLUS_RATIO = 16.0  # LoRA+: B's learning rate over A's (Hayou et al., 2024)
 
@@ -71,7 +71,7 @@ class Profile:
         return out | ({"lora_dropout": self.lora_dropout} if method == "lora" else {})
 
 
-#: The profiles by name (``smoke``, ``cpu``, ``gpu``): every setting of their runs lives here.
+#: The profiles by name (``smoke``, ``cpu``, ``gpu``); every setting of their runs lives here.
 PROFILES = {
     "smoke": Profile(
         "smoke",
