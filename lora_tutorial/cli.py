@@ -145,7 +145,7 @@ def results_command(args: argparse.Namespace) -> None:
 
 
 def choose_command(args: argparse.Namespace) -> None:
-    from .report import choose
+    from .report import choose, counted
     from .runner import profile_named
 
     profile_named(args.profile)
@@ -156,7 +156,7 @@ def choose_command(args: argparse.Namespace) -> None:
             "--experiments sweep --seeds 0 1"
         )
     for c in choices:
-        seen = ", ".join(f"{e} epoch{'s' * (e > 1)}: {a:.2f} %" for e, a in c.accuracy.items())
+        seen = ", ".join(f"{counted(e, 'epoch')}: {a:.2f} %" for e, a in c.accuracy.items())
         edge = " (at the edge of the sweep: widen it)" if c.at_edge else ""
         print(f"{c.kind}: lr {c.lr:g}{edge}; {seen}; epochs: {c.epochs or 'not yet decided'}")
         if c.to_run:

@@ -25,14 +25,26 @@ MODULE_SETS = {
 }  # qkvo-ffn: every linear layer of the encoder
 ALL_LINEAR = "qkvo-ffn"
 VARIANT_NAMES = ("lora", "rslora", "dora", "loraplus")
+#: What each kind's learning-rate sweep trains (on the ablation budget); the first three are the headline's.
+SWEEP_BASES = {
+    "full": "full",
+    "lora": "lora-r16",
+    f"lora-{ALL_LINEAR}": f"lora-r4-{ALL_LINEAR}",
+    "rslora": "rslora-r16",
+    "dora": "dora-r16",
+    "loraplus": "loraplus-r16",
+}
+#: The kinds the headline compares (full fine-tuning, LoRA on query and value, LoRA on every linear layer).
+HEADLINE_KINDS = tuple(SWEEP_BASES)[:3]
 LORAPLUS_RATIO = 16.0  # LoRA+: B's learning rate over A's (Hayou et al., 2024)
 
 
 @dataclass(frozen=True)
 class Profile:
     """Model, data budget and optimisation settings shared by all runs of a profile. ``lr`` and ``epochs``
-    give each kind of experiment its rate and epochs: keys ``full``, ``head``, ``lora`` (LoRA on any
-    projections) and ``lora-qkvo-ffn`` (LoRA on every linear layer), falling back to ``lora``."""
+    give each kind of experiment (``Experiment.kind``) its rate and epochs: keys ``full``, ``head``, ``lora``
+    (LoRA on any projections), ``lora-qkvo-ffn`` (LoRA on every linear layer) and the variants ``rslora``,
+    ``dora``, ``loraplus``, each falling back to ``lora``."""
 
     name: str
     model: str
@@ -59,6 +71,7 @@ class Profile:
         return out | ({"lora_dropout": self.lora_dropout} if method == "lora" else {})
 
 
+#: The profiles by name (``smoke``, ``cpu``, ``gpu``); every setting of their runs lives here.
 PROFILES = {
     "smoke": Profile(
         "smoke",
@@ -84,6 +97,10 @@ PROFILES = {
             "full": (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
             "lora": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
             "lora-qkvo-ffn": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+            # the variants, each at its own rate: three rates around where its scale puts its best one
+            "rslora": (1e-4, 3e-4, 1e-3),  # alpha / sqrt(r): 4x LoRA's scale at r = 16
+            "dora": (3e-4, 1e-3, 3e-3),
+            "loraplus": (1e-4, 3e-4, 1e-3),  # A's rate; B's is 16x
         },
     ),
     "gpu": Profile(
@@ -174,8 +191,13 @@ class Experiment:
 
     @property
     def kind(self) -> str:
-        """Which of a profile's ``lr`` and ``epochs`` entries applies: full, head, lora or lora-qkvo-ffn."""
-        return f"lora-{ALL_LINEAR}" if self.method == "lora" and self.target == ALL_LINEAR else self.method
+        """Which of a profile's ``lr``, ``epochs`` and ``sweep`` entries applies: full, head, lora,
+        lora-qkvo-ffn (plain LoRA on every linear layer), or the variant (rslora, dora, loraplus)."""
+        if self.method != "lora":
+            return self.method
+        if self.variant != "lora":
+            return self.variant
+        return f"lora-{ALL_LINEAR}" if self.target == ALL_LINEAR else "lora"
 
     @property
     def lr_ratio_b(self) -> float:
@@ -256,11 +278,7 @@ def suites(profile: Profile, num_layers: int) -> dict[str, list[tuple[str, str]]
 
     sweep = [
         (f"{base}@{lr_text(lr)}", ablation(profile, f"{base}@{lr_text(lr)}"))
-        for base, kind in (
-            ("full", "full"),
-            ("lora-r16", "lora"),
-            (f"lora-r4-{ALL_LINEAR}", f"lora-{ALL_LINEAR}"),
-        )
+        for kind, base in SWEEP_BASES.items()
         for lr in profile.sweep.get(kind, ())
     ]
     return {

@@ -59,7 +59,9 @@ def peak_rss_of_training(model_name: str, variant: str, steps: int = 3) -> int:
 
 
 def op_profile(model: nn.Module, batch: dict, steps: int = 3, top: int = 12) -> dict[str, float]:
-    """Self CPU time per training step (ms) of the most expensive operators, from ``torch.profiler``."""
+    """Self CPU time per training step (ms) of the ``top`` most expensive operators, from
+    ``torch.profiler``, and of all the others together (``"other operators"``): the values sum to the
+    profiled step."""
     from torch.profiler import ProfilerActivity, profile
 
     step = step_fn(model, batch)
@@ -67,5 +69,6 @@ def op_profile(model: nn.Module, batch: dict, steps: int = 3, top: int = 12) -> 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
-    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
-    return {e.key: e.self_cpu_time_total / 1e3 / steps for e in ops}
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    ms = {e.key: e.self_cpu_time_total / 1e3 / steps for e in ops}
+    return dict(list(ms.items())[:top]) | {"other operators": sum(list(ms.values())[top:])}

@@ -11,13 +11,18 @@ import pandas as pd
 from datasets.utils.logging import disable_progress_bar
 
 from . import stats
-from .experiments import PROFILES, Experiment, suites
+from .experiments import HEADLINE_KINDS, PROFILES, Experiment, suites
 from .models import layer_count
 from .plotting import book_style
 from .runner import run_suite
 from .store import load_results
 
 PROFILE_ENV = "LORA_TUTORIAL_PROFILE"
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and the noun, plural unless one: ``counted(3, "seed") == "3 seeds"``."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def setup_chapter() -> str:
@@ -81,7 +86,8 @@ def selection_runs(profile: str = "cpu", results: str | Path | None = None) -> p
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per experiment: accuracy mean and std over seeds, parameters, and the median time and
+    """One row per experiment: accuracy mean, std and 95 % interval over seeds (``low``, ``high``: seeds and
+    sentences resampled; empty while a run lacks its predictions), parameters, and the median time and
     memory over the seeds whose runs had the CPU to themselves (``timed``; see ``store.is_contended``)."""
     g = df.groupby("experiment", sort=False)
     timed = df[~df["contended"]].groupby("experiment", sort=False)
@@ -90,6 +96,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             "seeds": g.size(),
             "accuracy (%)": 100 * g["validation_accuracy"].mean(),
             "std": 100 * g["validation_accuracy"].std(ddof=1),
+            "low": float("nan"),
+            "high": float("nan"),
             "trainable params": g["trainable_params"].first(),
             "trainable (%)": 100 * g["trainable_params"].first() / g["total_params"].first(),
             "epochs": g["epochs"].first(),
@@ -101,16 +109,43 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             "train examples": g["train_examples"].first(),
         }
     )
+    scored = [e for e, runs in g if runs["predictions"].notna().all()]
+    out.loc[scored, ["low", "high"]] = stats.summary_table(df, scored)[["low", "high"]].to_numpy()
     return out.round(
         {
             "accuracy (%)": 2,
             "std": 2,
+            "low": 2,
+            "high": 2,
             "trainable (%)": 3,
             "s / epoch": 0,
             "train time (min)": 1,
             "peak memory (GiB)": 2,
         }
     )
+
+
+@dataclass(frozen=True)
+class Brief:
+    """A table shown by the columns the text discusses, with all of its columns one click away."""
+
+    table: pd.DataFrame
+    columns: tuple[str, ...]
+
+    def _repr_html_(self) -> str:
+        short, full = self.table[list(self.columns)]._repr_html_(), self.table._repr_html_()
+        return f"{short}<details><summary>All columns</summary>{full}</details>"
+
+    def __repr__(self) -> str:
+        return repr(self.table[list(self.columns)])
+
+
+def brief(table: pd.DataFrame, *columns: str) -> Brief:
+    """Show ``table`` by ``columns`` (those the text uses) and the rest in a dropdown."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"No column {missing} in the table; its columns are {list(table.columns)}.")
+    return Brief(table, columns)
 
 
 def sweep(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
@@ -156,6 +191,37 @@ def best_rates(table: pd.DataFrame) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
+class Contrast:
+    """The best rate of one kind of experiment against a neighbouring rate of its sweep."""
+
+    kind: str
+    best: float
+    other: float
+    difference: stats.Interval  # best minus other, points
+
+
+def peak_contrasts(profile: str = "cpu", results: str | Path | None = None) -> list[Contrast]:
+    """How sharply each sweep peaks: its best rate against the rates next to it on the grid, paired on the
+    validation sentences (an interval containing 0: the neighbour is as good, as far as this budget tells)."""
+    table = sweep(profile, results)
+    if not len(table):
+        return []
+    labels = suite_labels(profile, ["sweep"])
+    df = load_results(results, profile)
+    df = df[df["current"] & df["name"].isin(labels) & df["predictions"].notna()]
+    df = df.assign(experiment=df["name"])
+    out = []
+    for kind, best in best_rates(table).iterrows():
+        rates = sorted(table.loc[table["kind"] == kind, "lr"])
+        name = {Experiment.parse(n).lr: n for n in df["name"] if Experiment.parse(n).kind == kind}
+        i = rates.index(best["best lr"])
+        for other in rates[max(i - 1, 0) : i] + rates[i + 1 : i + 2]:
+            diff = stats.difference(df, name[best["best lr"]], name[other])
+            out.append(Contrast(kind, best["best lr"], other, diff))
+    return out
+
+
+@dataclass(frozen=True)
 class Choice:
     """What the sweep chooses for one kind of experiment: its best rate, and then 1 or 2 epochs."""
 
@@ -169,8 +235,9 @@ class Choice:
 
 def choose(profile: str = "cpu", results: str | Path | None = None) -> list[Choice]:
     """The one rule every method is tuned by: on the tuning subset, the learning rate with the highest
-    mean accuracy over the sweep's seeds (a rate at the edge of the sweep is flagged: widen it); then, at
-    that rate, 2 epochs instead of 1 only if their mean accuracy over the same seeds is higher."""
+    mean accuracy over the sweep's seeds (a rate at the edge of the sweep is flagged: widen it); then, for
+    the headline's methods (which train on the full split), 2 epochs instead of 1 at that rate only if their
+    mean accuracy over the same seeds is higher. The variants keep the ablation budget's epochs."""
     table = sweep(profile, results)
     if not len(table):
         return []
@@ -182,6 +249,12 @@ def choose(profile: str = "cpu", results: str | Path | None = None) -> list[Choi
         )
         seeds = int(best["seeds"])
         accuracy, to_run = {}, []
+        if kind not in HEADLINE_KINDS:
+            accuracy = {prof.ablation_epochs: best["accuracy (%)"]}
+            out.append(
+                Choice(kind, best["best lr"], bool(best["at the edge"]), prof.ablation_epochs, accuracy, ())
+            )
+            continue
         for epochs in (1, 2):
             name = replace(base, lr=best["best lr"], epochs=epochs).name
             runs = df[df["current"] & (df["name"] == name) & df["predictions"].notna()] if len(df) else df

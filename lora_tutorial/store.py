@@ -48,6 +48,8 @@ def default_results() -> Path:
 
 @dataclass
 class Params:
+    """Parameter counts of a run: trainable, total, and LoRA's own (0 for full fine-tuning)."""
+
     trainable: int
     total: int
     lora: int
@@ -73,6 +75,8 @@ class Timing:
 
 @dataclass
 class Memory:
+    """Peak memory of a run, and on CPU the baseline it is measured above."""
+
     peak_bytes: int  # CUDA max allocated, or the process's peak RSS on CPU
     baseline_bytes: int | None = None  # RSS with the data loaded, before the model was built (CPU)
 
@@ -228,12 +232,15 @@ CONTENTION_MARGIN = 0.5  # cores: a run's own threads load the machine to about 
 
 
 def is_contended(record: RunRecord) -> bool:
-    """Whether other work shared the CPU while the run trained: the mean 1-minute load average during
-    training (or, for runs that did not sample it, the 5-minute one at the end) exceeded the core count
-    by more than half a core. Its times are then left out of time tables."""
+    """Whether the run lacked the whole CPU while it trained: other work shared it (the mean 1-minute load
+    average during training, or for runs that did not sample it the 5-minute one at the end, exceeded the
+    core count by more than half a core), or it was limited to fewer threads than cores. Its times are
+    then left out of time tables."""
     if record.provenance.device.startswith("cuda"):
         return False
     timing, cpus = record.timing, record.provenance.machine.get("cpus") or 1
+    if (record.provenance.machine.get("torch_threads") or cpus) + CONTENTION_MARGIN < cpus:
+        return True
     load = (
         timing.mean_load_average
         if timing.mean_load_average is not None

@@ -1,6 +1,9 @@
 """The book: builds with warnings as errors, every chapter has figures and no errors, math renders
 in a real (headless) browser, and the Colab twins match their MyST sources."""
 
+import ast
+import importlib
+import inspect
 import os
 import re
 import shutil
@@ -12,6 +15,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
+import yaml
 from bs4 import BeautifulSoup
 
 ROOT = Path(__file__).parents[1]
@@ -60,6 +64,10 @@ def test_chapter_has_figures_and_no_errors(html, chapter):
         "a figure lacks its caption"
     )
     assert not soup.select(".output.error, .output.traceback"), "an error in the output"
+    printed = " ".join(o.get_text() for o in outputs)
+    warned = re.findall(r"\w*Warning: .{0,80}|site-packages/\S+", printed)
+    assert not warned, f"warnings printed into the page: {warned}"
+    assert not soup.select("div.cell_output .output.stderr"), "something written to stderr is in the page"
     assert "Traceback" not in soup.get_text()
     assert soup.select("span.math, div.math"), "no math"
     assert "Exercises" in soup.get_text(), "no exercises"
@@ -82,6 +90,20 @@ def test_colab_twins_match_sources():
             f"{twin.name} is out of date: run `jupytext --sync {md.relative_to(ROOT)}`"
         )
         assert "google.colab" in next(c for c in a.cells if c.cell_type == "code").source
+
+
+def test_colab_cells_follow_the_repository_setting():
+    """The repository is one setting (``repository`` in _config.yml): the launch buttons read it, and every
+    chapter's Colab cell must clone the same URL and branch, so the study chapters find its stored results."""
+    repo = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
+    setting = f'REPO, BRANCH = "{repo["url"]}", "{repo["branch"]}"'
+    for md in NOTEBOOKS:
+        cell = next(c for c in jupytext.read(md).cells if c.cell_type == "code").source
+        assert setting in cell, (
+            f"{md.name}: its Colab cell must set `{setting}` (the repository of _config.yml)"
+        )
+        assert "!git clone -q --depth 1 -b {BRANCH} {REPO} /content/lora-tutorial" in cell
+        assert "%cd /content/lora-tutorial/book" in cell, f"{md.name}: its Colab cell must work in book/"
 
 
 @pytest.fixture(scope="session")
@@ -130,3 +152,36 @@ def test_prose_names_no_chapter_by_a_typed_number(chapter):
     prose = [c.source for c in cells if c.cell_type == "markdown"] or [chapter.read_text()]
     typed = [m.group(0) for text in prose for m in re.finditer(r"\b[Cc]hapters? \d+\b", text)]
     assert not typed, f"{chapter.name} types chapter numbers {typed}: link with {{doc}}`name` instead"
+
+
+def documented_names() -> set[str]:
+    """The names the API page documents: each automodule's :members: list, or all its public names."""
+    text, names = (ROOT / "book" / "api.md").read_text(), set()
+    for module, members in re.findall(r"automodule:: (\S+)\n(?:\s+:members:(.*))?", text):
+        if members.strip():
+            names |= {m.strip() for m in members.split(",")}
+        else:
+            mod = importlib.import_module(module)
+            names |= {n for n, v in vars(mod).items() if getattr(v, "__module__", None) == module}
+    return names
+
+
+def test_api_page_documents_every_name_the_chapters_import():
+    imported = set()
+    for md in NOTEBOOKS:
+        for cell in jupytext.read(md).cells:
+            if cell.cell_type == "code":
+                code = "\n".join(line for line in cell.source.splitlines() if line.strip()[:1] not in "%!")
+                for node in ast.walk(ast.parse(code)):
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lora_tutorial"):
+                        module = importlib.import_module(node.module)
+                        for (
+                            a
+                        ) in node.names:  # a submodule (``from lora_tutorial import stats``) is not a name
+                            value = getattr(module, a.name, None)
+                            if value is None:
+                                value = importlib.import_module(f"{node.module}.{a.name}")
+                            if not inspect.ismodule(value):
+                                imported.add(a.name)
+    missing = sorted(imported - documented_names())
+    assert not missing, f"chapters use {missing}, which book/api.md does not document"

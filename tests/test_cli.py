@@ -1,4 +1,6 @@
-"""The command line, as a user types it: mistakes get one line and exit status 2, results come as JSON."""
+"""The command line, as a user types it: mistakes get one line and exit status 2, results come as JSON.
+Most cases call its ``main`` in this process (what a user's shell runs, without a second interpreter start);
+one mistake and the runs go through a real ``python -m lora_tutorial``."""
 
 import json
 import subprocess
@@ -6,11 +8,24 @@ import sys
 
 import pytest
 
+from lora_tutorial.cli import main
+
 
 def cli(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "lora_tutorial", *args], capture_output=True, text=True, cwd=cwd
     )
+
+
+def typed(capsys, *args) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of the command line called in this process."""
+    try:
+        main(list(args))
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    out = capsys.readouterr()
+    return status, out.out, out.err
 
 
 @pytest.mark.parametrize(
@@ -24,33 +39,40 @@ def cli(*args, cwd=None):
         (["results", "--profile", "laptop"], "Unknown profile 'laptop'"),
     ],
 )
-def test_a_mistake_prints_one_line_and_exits_2(args, says, tmp_path):
-    out = cli(*args, "--results" if args[0] != "results" else "--results", str(tmp_path))
+def test_a_mistake_prints_one_line_and_exits_2(args, says, tmp_path, capsys):
+    status, _, err = typed(capsys, *args, "--results", str(tmp_path))
+    assert status == 2
+    assert err.count("\n") == 1
+    assert err.startswith("error: ")
+    assert says in err
+
+
+def test_a_mistake_in_a_real_shell_is_one_line_without_a_traceback(tmp_path):
+    out = cli("run", "--experiments", "lora-r8-uper", "--results", str(tmp_path))
     assert out.returncode == 2
+    assert out.stderr.startswith("error: Unknown experiment 'lora-r8-uper'")
     assert out.stderr.count("\n") == 1
-    assert out.stderr.startswith("error: ")
-    assert says in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_a_malformed_tsv_is_one_line_too(tmp_path):
+def test_a_malformed_tsv_is_one_line_too(tmp_path, capsys):
     (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\n")
     (tmp_path / "validation.tsv").write_text("sentence\tlabel\nfine\t1\n")
-    out = cli("run", "--data", str(tmp_path), "--results", str(tmp_path / "r"))
-    assert out.returncode == 2
-    assert "train.tsv:3: expected 'sentence<TAB>label' (2 fields), got 1" in out.stderr
+    status, _, err = typed(capsys, "run", "--data", str(tmp_path), "--results", str(tmp_path / "r"))
+    assert status == 2
+    assert "train.tsv:3: expected 'sentence<TAB>label' (2 fields), got 1" in err
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    out = cli("--debug", "run", "--profile", "laptop", "--results", str(tmp_path))
-    assert "Traceback" in out.stderr
+    with pytest.raises(ValueError, match="Unknown profile 'laptop'"):
+        main(["--debug", "run", "--profile", "laptop", "--results", str(tmp_path)])
 
 
-def test_results_of_an_empty_profile_say_how_to_make_them(tmp_path):
-    out = cli("results", "--profile", "smoke", "--results", str(tmp_path))
-    assert out.returncode == 0
-    assert "Nothing is stored for the smoke profile" in out.stdout
-    assert "python -m lora_tutorial run --profile smoke" in out.stdout
+def test_results_of_an_empty_profile_say_how_to_make_them(tmp_path, capsys):
+    status, out, _ = typed(capsys, "results", "--profile", "smoke", "--results", str(tmp_path))
+    assert status == 0
+    assert "Nothing is stored for the smoke profile" in out
+    assert "python -m lora_tutorial run --profile smoke" in out
 
 
 def test_runs_made_in_their_own_processes_come_back_as_json(learnable, tmp_path):

@@ -15,6 +15,8 @@ from lora_tutorial import (
     read_adapter_config,
     save_adapter,
 )
+from lora_tutorial.experiments import Experiment
+from lora_tutorial.store import load_results
 
 
 def peft_config(cfg: LoRAConfig) -> LoraConfig:
@@ -79,3 +81,20 @@ def test_peft_adapter_loads_in_ours(tiny, batch, tmp_path, cfg):
     load_adapter(tiny, tmp_path)
     assert len(lora_layers(tiny)) == len([n for n, _ in theirs.named_modules() if n.endswith("lora_A")])
     assert (tiny(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["lora", "lora-qkvo-ffn"], ids=["q-v-r16", "all-linear-r4"])
+def test_the_studys_stored_adapters_load_in_peft(minilm, batch, kind):
+    """The study's adapters, as stored in results/cpu, load in peft.PeftModel on the embedded model."""
+    runs = load_results(None, "cpu")
+    runs = runs[runs["current"] & runs["adapter"].notna()]
+    rank = {"lora": 16, "lora-qkvo-ffn": 4}[kind]
+    paths = [
+        a
+        for n, a in zip(runs["name"], runs["adapter"])
+        if (e := Experiment.parse(n)).kind == kind and e.r == rank
+    ]
+    assert paths, f"no stored {kind} adapter of rank {rank} in results/cpu"
+    theirs = PeftModel.from_pretrained(copy.deepcopy(minilm), paths[0]).eval()
+    ours = load_adapter(copy.deepcopy(minilm), paths[0]).eval()
+    assert (ours(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5

@@ -2,10 +2,20 @@
 
 from dataclasses import replace
 
-from lora_tutorial import runner
+import pytest
+
+from lora_tutorial import runner, stats
 from lora_tutorial.experiments import PROFILES, lr_text
-from lora_tutorial.report import choose, selection_runs, study_results, summarize
+from lora_tutorial.report import (
+    brief,
+    choose,
+    peak_contrasts,
+    selection_runs,
+    study_results,
+    summarize,
+)
 from lora_tutorial.report import sweep as sweep_table
+from lora_tutorial.store import ResultStore, is_contended
 
 
 def test_stored_results_are_used_and_summarized(learnable, tmp_path, monkeypatch):
@@ -21,6 +31,17 @@ def test_stored_results_are_used_and_summarized(learnable, tmp_path, monkeypatch
         100 * df[df.experiment == "full"].validation_accuracy.mean(), 2
     )
     assert table.loc["full", "trainable (%)"] == 100
+    interval = stats.accuracy(df, "lora-r16")
+    assert table.loc["lora-r16", "low"] == round(interval.low, 2)
+    assert (
+        table.loc["lora-r16", "low"] <= table.loc["lora-r16", "accuracy (%)"] <= table.loc["lora-r16", "high"]
+    )
+    html = brief(table, "accuracy (%)", "low", "high")._repr_html_()
+    assert html.count("<table") == 2  # the columns the text uses, then every column in a dropdown
+    assert "trainable params" not in html.split("<details>")[0]
+    assert "trainable params" in html.split("<details>")[1]
+    with pytest.raises(ValueError, match="its columns are"):
+        brief(table, "accuracy")
     assert (df.loc[df.method == "lora", "lora_dropout"] == 0.0).all()
     assert df.loc[df.method == "full", "lora_dropout"].isna().all()
     assert (table["epochs"] == 3).all()
@@ -64,24 +85,41 @@ def test_times_of_runs_that_shared_the_cpu_are_left_out(learnable, tmp_path, mon
     assert table.loc["full", "timed"] == 0
     assert table["s / epoch"].isna().all()
     assert table.loc["full", "seeds"] == 2  # accuracy still counts every seed
+    monkeypatch.setattr("lora_tutorial.store.CONTENTION_MARGIN", 0.5)
+    _, record = ResultStore("smoke", tmp_path).records()[0]
+    record.timing.mean_load_average = 3.5
+    record.provenance.machine.update(cpus=4, torch_threads=4)
+    assert not is_contended(record)  # a machine busy with the run's own threads only...
+    record.provenance.machine["torch_threads"] = 2
+    assert is_contended(record)  # ...but the run was held to fewer threads than cores
 
 
 def test_one_rule_chooses_rate_then_epochs(learnable, tmp_path, monkeypatch):
-    rates = {"full": (1e-5, 1e-3, 1e-1)}
+    rates = {"full": (1e-5, 1e-3, 1e-1), "rslora": (1e-3, 1e-2)}
     monkeypatch.setitem(
         PROFILES,
         "smoke",
         replace(PROFILES["smoke"], sweep=rates, ablation_train_limit=256, ablation_epochs=1),
     )
     runner.run_suite("smoke", ["sweep"], [0], tmp_path, learnable, progress=False)
-    [first] = choose("smoke", tmp_path)
+    first, variant = choose("smoke", tmp_path)
+    assert variant.kind == "rslora"
+    assert variant.to_run == ()  # a variant keeps the ablation budget's epochs: no epoch runs
+    assert variant.epochs == 1
     table = sweep_table("smoke", tmp_path)
+    table = table[table["kind"] == "full"]
     assert first.lr == table.loc[table["accuracy (%)"].idxmax(), "lr"]
     assert first.at_edge == (first.lr in (1e-5, 1e-1))
     assert first.epochs is None
+    contrasts = [c for c in peak_contrasts("smoke", tmp_path) if c.kind == "full"]  # best vs neighbours
+    i = rates["full"].index(first.lr)
+    assert [c.other for c in contrasts] == [*rates["full"][max(i - 1, 0) : i], *rates["full"][i + 1 : i + 2]]
+    for c in contrasts:
+        acc = table.set_index("lr")["accuracy (%)"]
+        assert abs(c.difference.mean - (acc[c.best] - acc[c.other])) < 1e-6
     assert first.to_run == (f"full-e2-n256@{lr_text(first.lr)}",)
     runner.run_suite("smoke", list(first.to_run), [0], tmp_path, learnable, progress=False)
-    [done] = choose("smoke", tmp_path)
+    done, _ = choose("smoke", tmp_path)
     assert done.to_run == ()
     assert done.epochs == (2 if done.accuracy[2] > done.accuracy[1] else 1)
     assert len(table) == 3

@@ -191,6 +191,10 @@ def test_experiment_names_say_what_they_train():
     assert Experiment.parse("lora-r16").lr_ratio_b == 1
     assert Experiment.parse("full@5e-5").resolve(PROFILES["cpu"]).lr == 5e-5
     assert Experiment.parse("lora-r4-qkvo-ffn").kind == "lora-qkvo-ffn"
+    assert Experiment.parse("rslora-r16-qv").kind == "rslora"  # a variant is tuned on its own
+    tuned = replace(PROFILES["cpu"], lr=PROFILES["cpu"].lr | {"dora": 3e-3})
+    assert Experiment.parse("dora-r16").resolve(tuned).lr == 3e-3
+    assert Experiment.parse("rslora-r16").resolve(tuned).lr == tuned.lr["lora"]  # no entry: plain LoRA's
     with pytest.raises(ValueError, match="Unknown experiment 'full@fast'"):
         Experiment.parse("full@fast")
 
@@ -201,7 +205,12 @@ def test_suites_state_their_budget():
     assert [label for label, _ in table["rank"]] == ["lora-r1", "lora-r4", "lora-r8", "lora-r16", "lora-r32"]
     assert dict(table["layers"])["lora-r8-upper"] == "lora-r8-qv-upper-e1-n20000"
     assert len(table["layers"]) == 3 + 6
-    assert len(table["sweep"]) == 15
+    assert len(table["sweep"]) == 15 + 3 * 3  # five rates per headline method, three per variant
+    resolved = {Experiment.parse(n).resolve(cpu).name for _, n in table["variants"] + table["sweep"]}
+    variants = {Experiment.parse(n).resolve(cpu).name for _, n in table["variants"]}
+    assert (
+        variants <= {n for _, n in table["sweep"]} <= resolved
+    )  # each variant's run is a point of its sweep
     assert all("-n20000@" in name for _, name in table["sweep"])
 
 
