@@ -149,7 +149,7 @@ def brief(table: pd.DataFrame, *columns: str) -> Brief:
 
 
 def sweep(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
-    """The learning-rate sweeps, one row per kind of experiment (full, lora, lora-qkvo-ffn) and rate:
+    """The learning-rate sweeps, one row per kind of experiment (``Experiment.kind``) and rate:
     seeds, mean validation accuracy and its 95 % interval (points), from the runs with predictions."""
     labels = suite_labels(profile, ["sweep"])
     df = load_results(results, profile)
