@@ -1,6 +1,7 @@
 """The experiment runner: learning, determinism, resume after a kill, result schema, 2 processes."""
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -9,7 +10,15 @@ import pytest
 import torch
 
 from lora_tutorial import runner
-from lora_tutorial.experiments import PROFILES, Experiment, lr_text, spec, suites
+from lora_tutorial.experiments import (
+    HEADLINE_KINDS,
+    PROFILES,
+    VARIANT_NAMES,
+    Experiment,
+    lr_text,
+    spec,
+    suites,
+)
 from lora_tutorial.store import ResultStore, RunRecord, load_results
 from lora_tutorial.train import TrainConfig, train
 
@@ -205,7 +214,13 @@ def test_suites_state_their_budget():
     assert [label for label, _ in table["rank"]] == ["lora-r1", "lora-r4", "lora-r8", "lora-r16", "lora-r32"]
     assert dict(table["layers"])["lora-r8-upper"] == "lora-r8-qv-upper-e1-n20000"
     assert len(table["layers"]) == 3 + 6
-    assert len(table["sweep"]) == 15 + 3 * 3  # five rates per headline method, three per variant
+    rates: dict[str, list[float]] = {}
+    for _, name in table["sweep"]:
+        rates.setdefault(Experiment.parse(name).kind, []).append(Experiment.parse(name).lr)
+    for kind in HEADLINE_KINDS:  # at least five rates over at least 1.5 decades
+        assert len(rates[kind]) >= 5
+        assert math.log10(max(rates[kind]) / min(rates[kind])) >= 1.5
+    assert all(len(rates[v]) >= 3 for v in VARIANT_NAMES[1:])
     resolved = {Experiment.parse(n).resolve(cpu).name for _, n in table["variants"] + table["sweep"]}
     variants = {Experiment.parse(n).resolve(cpu).name for _, n in table["variants"]}
     assert (
