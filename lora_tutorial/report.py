@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pandas as pd
 from datasets.utils.logging import disable_progress_bar
 
 from . import stats
-from .experiments import HEADLINE_KINDS, PROFILES, Experiment, suites
+from .experiments import HEADLINE_KINDS, PROFILES, SWEEP_BASES, Experiment, ablation, suites
 from .models import layer_count
 from .plotting import book_style
 from .runner import run_suite
@@ -26,10 +27,13 @@ def counted(n: int, noun: str) -> str:
 
 
 def setup_chapter() -> str:
-    """What every study chapter starts with: the book's figure style, no progress bars in the page, and the
-    profile whose stored results it shows (``$LORA_TUTORIAL_PROFILE``, default ``cpu``)."""
+    """What every chapter that trains or reads results starts with: the book's figure style, no progress bars
+    or third-party deprecation warnings in the page, and the profile whose stored results it shows
+    (``$LORA_TUTORIAL_PROFILE``, default ``cpu``)."""
     book_style()
     disable_progress_bar()
+    # peft asks transformers for a deprecated attribute: a warning about their code, not the chapter's
+    warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
     return os.environ.get(PROFILE_ENV, "cpu")
 
 
@@ -149,7 +153,7 @@ def brief(table: pd.DataFrame, *columns: str) -> Brief:
 
 
 def sweep(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
-    """The learning-rate sweeps, one row per kind of experiment (full, lora, lora-qkvo-ffn) and rate:
+    """The learning-rate sweeps, one row per kind of experiment (``Experiment.kind``) and rate:
     seeds, mean validation accuracy and its 95 % interval (points), from the runs with predictions."""
     labels = suite_labels(profile, ["sweep"])
     df = load_results(results, profile)
@@ -244,17 +248,15 @@ def choose(profile: str = "cpu", results: str | Path | None = None) -> list[Choi
     prof, df = PROFILES[profile], load_results(results, profile)
     out = []
     for kind, best in best_rates(table).iterrows():
-        base = Experiment.parse(
-            next(n for _, n in suites(prof, 1)["sweep"] if Experiment.parse(n).kind == kind)
-        )
-        seeds = int(best["seeds"])
-        accuracy, to_run = {}, []
         if kind not in HEADLINE_KINDS:
             accuracy = {prof.ablation_epochs: best["accuracy (%)"]}
             out.append(
                 Choice(kind, best["best lr"], bool(best["at the edge"]), prof.ablation_epochs, accuracy, ())
             )
             continue
+        base = Experiment.parse(ablation(prof, SWEEP_BASES[kind]))
+        seeds = int(best["seeds"])
+        accuracy, to_run = {}, []
         for epochs in (1, 2):
             name = replace(base, lr=best["best lr"], epochs=epochs).name
             runs = df[df["current"] & (df["name"] == name) & df["predictions"].notna()] if len(df) else df

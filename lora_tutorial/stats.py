@@ -9,6 +9,7 @@ happened to contain (resampled once per replicate, the same for both experiments
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -45,13 +46,22 @@ def correctness(predictions: list[str], labels: str) -> np.ndarray:
     return np.stack([np.frombuffer(p.encode(), dtype=np.uint8) == truth for p in predictions]).astype(float)
 
 
+@lru_cache(maxsize=4)
+def _example_draws(n: int, replicates: int, seed: int) -> np.ndarray:
+    """How often each of ``n`` examples is drawn in each replicate (replicates x n), shared by every
+    comparison on the same examples (drawing them is most of a bootstrap's cost)."""
+    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=replicates)
+    draws.flags.writeable = False
+    return draws
+
+
 def _resampled_means(
     correct: np.ndarray, example_weights: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
     """Accuracy of each replicate: seeds drawn with replacement, examples weighted by their draw counts."""
     seeds = correct.shape[0]
     seed_weights = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=len(example_weights))
-    return np.einsum("bs,sn,bn->b", seed_weights, correct, example_weights) / (seeds * correct.shape[1])
+    return ((seed_weights @ correct) * example_weights).sum(axis=1) / (seeds * correct.shape[1])
 
 
 def bootstrap(
@@ -66,9 +76,8 @@ def bootstrap(
     (shared by ``a`` and ``b``)."""
     if b is not None and a.shape[1] != b.shape[1]:
         raise ValueError(f"Paired comparison needs the same examples: {a.shape[1]} vs {b.shape[1]}.")
-    rng = np.random.default_rng(seed)
-    n = a.shape[1]
-    examples = rng.multinomial(n, np.full(n, 1 / n), size=replicates)
+    examples = _example_draws(a.shape[1], replicates, seed)
+    rng = np.random.default_rng([seed, 1])  # the seeds' draws: a stream apart from the examples'
     stat = _resampled_means(a, examples, rng)
     mean = a.mean()
     if b is not None:

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from lora_tutorial import runner, stats
-from lora_tutorial.experiments import PROFILES, lr_text
+from lora_tutorial.experiments import HEADLINE_KINDS, PROFILES, SWEEP_BASES, Experiment, lr_text
 from lora_tutorial.report import (
     brief,
     choose,
@@ -123,3 +123,15 @@ def test_one_rule_chooses_rate_then_epochs(learnable, tmp_path, monkeypatch):
     assert done.to_run == ()
     assert done.epochs == (2 if done.accuracy[2] > done.accuracy[1] else 1)
     assert len(table) == 3
+
+
+def test_the_cpu_profile_uses_what_its_stored_sweeps_chose():
+    """The study's settings are the rule's choices on the stored runs, not typed in beside them."""
+    cpu = PROFILES["cpu"]
+    for c in choose("cpu"):
+        if c.at_edge:  # undecided until the sweep is widened
+            continue
+        exp = Experiment.parse(SWEEP_BASES[c.kind]).resolve(cpu)
+        assert exp.lr == c.lr, f"{c.kind}: the profile trains at {exp.lr:g}, the sweeps chose {c.lr:g}"
+        if c.kind in HEADLINE_KINDS and c.epochs:
+            assert exp.epochs == c.epochs, f"{c.kind}: {exp.epochs} epochs, the rule chose {c.epochs}"
