@@ -97,9 +97,10 @@ PROFILES = {
             "full": (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
             "lora": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
             "lora-qkvo-ffn": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-            # the variants, each at its own rate: three rates around where its scale puts its best one
-            "rslora": (1e-4, 3e-4, 1e-3),  # alpha / sqrt(r): 4x LoRA's scale at r = 16
-            "dora": (3e-4, 1e-3, 3e-3),
+            # the variants, each at its own rate: three rates around where its scale puts its best one,
+            # widened by one where the best sat at the edge
+            "rslora": (1e-4, 3e-4, 1e-3, 3e-3),  # alpha / sqrt(r): 4x LoRA's scale at r = 16
+            "dora": (3e-4, 1e-3, 3e-3, 1e-2),
             "loraplus": (1e-4, 3e-4, 1e-3),  # A's rate; B's is 16x
         },
     ),
