@@ -90,7 +90,15 @@ PROFILES = {
         "cpu",
         model="minilm",
         batch_size=32,
-        lr={"full": 1e-4, "lora": 1e-3, "lora-qkvo-ffn": 1e-3, "head": 1e-3},
+        lr={
+            "full": 1e-4,
+            "lora": 1e-3,
+            "lora-qkvo-ffn": 1e-3,
+            "rslora": 1e-3,
+            "dora": 1e-3,
+            "loraplus": 3e-4,
+            "head": 1e-3,
+        },
         epochs={"full": 1, "lora": 2, "lora-qkvo-ffn": 2, "head": 1},
         ablation_train_limit=20_000,
         sweep={
