@@ -58,6 +58,7 @@ class Profile:
     ablation_train_limit: int | None = None  # the layers/modules/variants suites' smaller budget
     ablation_epochs: int = 1
     sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)  # learning rates tried, per kind
+    sweep_seeds: tuple[int, ...] = (0, 1)  # the seeds a sweep and the epoch rule compare (others: ignored)
 
     def fixed_settings(self, method: str) -> dict:
         """The settings every run of ``method`` shares in this profile (not part of an experiment's name):

@@ -152,14 +152,21 @@ def brief(table: pd.DataFrame, *columns: str) -> Brief:
     return Brief(table, columns)
 
 
+def sweep_runs(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
+    """The stored runs the sweeps compare: current, with predictions, on the profile's sweep seeds (a run
+    of the same setting with another seed, made for a suite, does not tip the comparison)."""
+    df = load_results(results, profile)
+    if not len(df):
+        return df
+    labels = suite_labels(profile, ["sweep"])
+    seeds = PROFILES[profile].sweep_seeds
+    return df[df["current"] & df["name"].isin(labels) & df["predictions"].notna() & df["seed"].isin(seeds)]
+
+
 def sweep(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
     """The learning-rate sweeps, one row per kind of experiment (``Experiment.kind``) and rate:
     seeds, mean validation accuracy and its 95 % interval (points), from the runs with predictions."""
-    labels = suite_labels(profile, ["sweep"])
-    df = load_results(results, profile)
-    if not len(df):
-        return pd.DataFrame()
-    df = df[df["current"] & df["name"].isin(labels) & df["predictions"].notna()]
+    df = sweep_runs(profile, results)
     rows = []
     for name, runs in df.groupby("name"):
         exp, interval = Experiment.parse(name), stats.accuracy(runs.assign(experiment=name), name)
@@ -210,9 +217,7 @@ def peak_contrasts(profile: str = "cpu", results: str | Path | None = None) -> l
     table = sweep(profile, results)
     if not len(table):
         return []
-    labels = suite_labels(profile, ["sweep"])
-    df = load_results(results, profile)
-    df = df[df["current"] & df["name"].isin(labels) & df["predictions"].notna()]
+    df = sweep_runs(profile, results)
     df = df.assign(experiment=df["name"])
     out = []
     for kind, best in best_rates(table).iterrows():
@@ -260,6 +265,7 @@ def choose(profile: str = "cpu", results: str | Path | None = None) -> list[Choi
         for epochs in (1, 2):
             name = replace(base, lr=best["best lr"], epochs=epochs).name
             runs = df[df["current"] & (df["name"] == name) & df["predictions"].notna()] if len(df) else df
+            runs = runs[runs["seed"].isin(prof.sweep_seeds)] if len(runs) else runs
             if len(runs) >= seeds:
                 accuracy[epochs] = 100 * runs["validation_accuracy"].mean()
             else:

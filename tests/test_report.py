@@ -123,6 +123,10 @@ def test_one_rule_chooses_rate_then_epochs(learnable, tmp_path, monkeypatch):
     assert done.to_run == ()
     assert done.epochs == (2 if done.accuracy[2] > done.accuracy[1] else 1)
     assert len(table) == 3
+    other = next(lr for lr in rates["full"] if lr != first.lr)  # a seed outside the sweep's, made for a suite
+    runner.run_suite("smoke", [f"full-e1-n256@{lr_text(other)}"], [2], tmp_path, learnable, progress=False)
+    assert sweep_table("smoke", tmp_path)["seeds"].max() == 1
+    assert choose("smoke", tmp_path)[0] == done
 
 
 def test_the_cpu_profile_uses_what_its_stored_sweeps_chose():
