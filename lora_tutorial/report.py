@@ -264,8 +264,10 @@ def choose(profile: str = "cpu", results: str | Path | None = None) -> list[Choi
         accuracy, to_run = {}, []
         for epochs in (1, 2):
             name = replace(base, lr=best["best lr"], epochs=epochs).name
-            runs = df[df["current"] & (df["name"] == name) & df["predictions"].notna()] if len(df) else df
-            runs = runs[runs["seed"].isin(prof.sweep_seeds)] if len(runs) else runs
+            runs = df
+            if len(df):
+                runs = df[df["current"] & df["name"].eq(name) & df["seed"].isin(prof.sweep_seeds)]
+                runs = runs[runs["predictions"].notna()]
             if len(runs) >= seeds:
                 accuracy[epochs] = 100 * runs["validation_accuracy"].mean()
             else:
