@@ -152,35 +152,42 @@ def brief(table: pd.DataFrame, *columns: str) -> Brief:
     return Brief(table, columns)
 
 
-def sweep_runs(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
-    """The stored runs the sweeps compare: current, with predictions, on the profile's sweep seeds (a run
-    of the same setting with another seed, made for a suite, does not tip the comparison)."""
+def _compared_runs(profile: str, results: str | Path | None) -> pd.DataFrame:
+    """The stored runs the sweeps and the epoch rule compare: current, with predictions, on the profile's
+    sweep seeds (a run of the same setting with another seed, made for a suite, does not tip a comparison)."""
     df = load_results(results, profile)
     if not len(df):
         return df
-    labels = suite_labels(profile, ["sweep"])
-    seeds = PROFILES[profile].sweep_seeds
-    return df[df["current"] & df["name"].isin(labels) & df["predictions"].notna() & df["seed"].isin(seeds)]
+    return df[df["current"] & df["predictions"].notna() & df["seed"].isin(PROFILES[profile].sweep_seeds)]
 
 
-def sweep(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
-    """The learning-rate sweeps, one row per kind of experiment (``Experiment.kind``) and rate:
-    seeds, mean validation accuracy and its 95 % interval (points), from the runs with predictions."""
-    df = sweep_runs(profile, results)
+def _swept(runs: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """Those of ``runs`` that are points of the profile's learning-rate sweeps."""
+    return runs[runs["name"].isin(suite_labels(profile, ["sweep"]))] if len(runs) else runs
+
+
+def _sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per kind and rate of the sweep runs ``runs``: seeds, mean accuracy and its interval."""
     rows = []
-    for name, runs in df.groupby("name"):
-        exp, interval = Experiment.parse(name), stats.accuracy(runs.assign(experiment=name), name)
+    for name, group in runs.groupby("name"):
+        exp, interval = Experiment.parse(name), stats.accuracy(group.assign(experiment=name), name)
         rows.append(
             {
                 "kind": exp.kind,
                 "lr": exp.lr,
-                "seeds": len(runs),
+                "seeds": len(group),
                 "accuracy (%)": interval.mean,
                 "low": interval.low,
                 "high": interval.high,
             }
         )
     return pd.DataFrame(rows).sort_values(["kind", "lr"]).reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def sweep(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
+    """The learning-rate sweeps, one row per kind of experiment (``Experiment.kind``) and rate: seeds,
+    mean validation accuracy and its 95 % interval (points), from the runs on the profile's sweep seeds."""
+    return _sweep_table(_swept(_compared_runs(profile, results), profile))
 
 
 def best_rates(table: pd.DataFrame) -> pd.DataFrame:
@@ -214,10 +221,10 @@ class Contrast:
 def peak_contrasts(profile: str = "cpu", results: str | Path | None = None) -> list[Contrast]:
     """How sharply each sweep peaks: its best rate against the rates next to it on the grid, paired on the
     validation sentences (an interval containing 0: the neighbour is as good, as far as this budget tells)."""
-    table = sweep(profile, results)
+    df = _swept(_compared_runs(profile, results), profile)
+    table = _sweep_table(df)
     if not len(table):
         return []
-    df = sweep_runs(profile, results)
     df = df.assign(experiment=df["name"])
     out = []
     for kind, best in best_rates(table).iterrows():
@@ -247,10 +254,10 @@ def choose(profile: str = "cpu", results: str | Path | None = None) -> list[Choi
     mean accuracy over the sweep's seeds (a rate at the edge of the sweep is flagged: widen it); then, for
     the headline's methods (which train on the full split), 2 epochs instead of 1 at that rate only if their
     mean accuracy over the same seeds is higher. The variants keep the ablation budget's epochs."""
-    table = sweep(profile, results)
+    prof, df = PROFILES[profile], _compared_runs(profile, results)
+    table = _sweep_table(_swept(df, profile))
     if not len(table):
         return []
-    prof, df = PROFILES[profile], load_results(results, profile)
     out = []
     for kind, best in best_rates(table).iterrows():
         if kind not in HEADLINE_KINDS:
@@ -264,10 +271,7 @@ def choose(profile: str = "cpu", results: str | Path | None = None) -> list[Choi
         accuracy, to_run = {}, []
         for epochs in (1, 2):
             name = replace(base, lr=best["best lr"], epochs=epochs).name
-            runs = df
-            if len(df):
-                runs = df[df["current"] & df["name"].eq(name) & df["seed"].isin(prof.sweep_seeds)]
-                runs = runs[runs["predictions"].notna()]
+            runs = df[df["name"] == name]
             if len(runs) >= seeds:
                 accuracy[epochs] = 100 * runs["validation_accuracy"].mean()
             else:
