@@ -74,6 +74,10 @@ def run_command(args: argparse.Namespace) -> None:
         distributed_state().num_processes == 1
     )  # under torchrun or accelerate, the launcher owns processes
     progress = not args.no_progress
+    if not progress:  # datasets' tokenizing bar too, not only the trainer's
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
     for r in run_suite(
         args.profile, args.experiments, args.seeds, args.results, args.data, args.force, progress, isolate
     ):
@@ -125,7 +129,7 @@ def results_command(args: argparse.Namespace) -> None:
     store = ResultStore(args.profile, args.results)
     if args.json:
         rows = [
-            {k: row[v] for k, v in JSON_COLUMNS.items()} | {"predictions": len(row["predictions"] or "")}
+            {k: row.get(v) for k, v in JSON_COLUMNS.items()} | {"predictions": len(row["predictions"] or "")}
             for row in store.rows(superseded=True)
         ]
         print(json.dumps(rows, indent=1))

@@ -79,6 +79,8 @@ def test_runs_made_in_their_own_processes_come_back_as_json(learnable, tmp_path)
     data = ["--data", str(learnable), "--results", str(tmp_path), "--no-progress"]
     made = cli("run", "--experiments", "lora-r2-e1", "--seeds", "3", "4", *data)  # two runs: two processes
     assert made.returncode == 0, made.stderr[-2000:]
+    assert "examples/s" not in made.stderr  # --no-progress: not even datasets' tokenizing bar
+    assert "it/s" not in made.stderr
     runs = json.loads(cli("results", "--profile", "smoke", "--results", str(tmp_path), "--json").stdout)
     assert [r["seed"] for r in runs] == [3, 4]
     run = runs[0]
@@ -92,3 +94,14 @@ def test_runs_made_in_their_own_processes_come_back_as_json(learnable, tmp_path)
     assert run["current"] is True
     assert run["adapter"].startswith(str(tmp_path))
     assert run["adapter"].endswith("__seed3")
+
+
+def test_the_studys_runs_list_as_json_with_their_predictions(capsys):
+    """Every stored cpu record, older formats included, lists as JSON; every run a suite uses carries
+    its 872 validation predictions, so every comparison in the book can be paired."""
+    status, out, err = typed(capsys, "results", "--profile", "cpu", "--json")
+    assert status == 0, err
+    runs = json.loads(out)
+    assert {"full", "lora"} <= {r["method"] for r in runs}
+    missing = [(r["experiment"], r["seed"]) for r in runs if r["used"] and r["predictions"] != 872]
+    assert not missing, f"stored without predictions: {missing}"
