@@ -97,11 +97,11 @@ def test_runs_made_in_their_own_processes_come_back_as_json(learnable, tmp_path)
 
 
 def test_the_studys_runs_list_as_json_with_their_predictions(capsys):
-    """Every stored cpu record, older formats included, lists as JSON; every run a suite uses carries
-    its 872 validation predictions, so every comparison in the book can be paired."""
+    """Every stored cpu record, older formats included, lists as JSON; every current run (a suite's, or
+    one that chose a setting) carries its 872 validation predictions, so any two can be paired."""
     status, out, err = typed(capsys, "results", "--profile", "cpu", "--json")
     assert status == 0, err
     runs = json.loads(out)
     assert {"full", "lora"} <= {r["method"] for r in runs}
-    missing = [(r["experiment"], r["seed"]) for r in runs if r["used"] and r["predictions"] != 872]
+    missing = [(r["experiment"], r["seed"]) for r in runs if r["current"] and r["predictions"] != 872]
     assert not missing, f"stored without predictions: {missing}"
