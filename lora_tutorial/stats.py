@@ -31,6 +31,11 @@ class Interval:
     def contains_zero(self) -> bool:
         return self.low <= 0 <= self.high
 
+    @property
+    def span(self) -> str:
+        """The signed mean and its interval, in points: ``+0.55 points, 95 % interval -0.73 to +1.86``."""
+        return f"{self.mean:+.2f} points, 95 % interval {self.low:+.2f} to {self.high:+.2f}"
+
     def __str__(self) -> str:
         return f"{self.mean:.2f} (95 % interval {self.low:.2f} to {self.high:.2f})"
 
@@ -116,9 +121,8 @@ def difference(df: pd.DataFrame, a: str, b: str, **kw) -> Interval:
 
 def verdict(diff: Interval, a: str, b: str) -> str:
     """A clause for the difference ``a - b`` that says only what its interval supports."""
-    span = f"{diff.mean:+.2f} points, 95 % interval {diff.low:+.2f} to {diff.high:+.2f}"
     if diff.contains_zero:
-        return f"no difference between {a} and {b} is detectable at this budget ({span})"
+        return f"no difference between {a} and {b} is detectable at this budget ({diff.span})"
     span = f"95 % interval {diff.low:+.2f} to {diff.high:+.2f}"
     return f"{a} is {'ahead of' if diff.mean > 0 else 'behind'} {b} by {abs(diff.mean):.2f} points ({span})"
 
