@@ -33,7 +33,7 @@ class Interval:
 
     @property
     def span(self) -> str:
-        """The signed mean and its interval, in points: ``+0.55 points, 95 % interval -0.73 to +1.86``."""
+        """The signed mean and its interval in points, as ``+0.55 points, 95 % interval -0.73 to +1.86``."""
         return f"{self.mean:+.2f} points, 95 % interval {self.low:+.2f} to {self.high:+.2f}"
 
     def __str__(self) -> str:
