@@ -168,6 +168,8 @@ def _swept(runs: pd.DataFrame, profile: str) -> pd.DataFrame:
 
 def _sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per kind and rate of the sweep runs ``runs``: seeds, mean accuracy and its interval."""
+    if not len(runs):
+        return pd.DataFrame()
     rows = []
     for name, group in runs.groupby("name"):
         exp, interval = Experiment.parse(name), stats.accuracy(group.assign(experiment=name), name)
@@ -181,7 +183,7 @@ def _sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
                 "high": interval.high,
             }
         )
-    return pd.DataFrame(rows).sort_values(["kind", "lr"]).reset_index(drop=True) if rows else pd.DataFrame()
+    return pd.DataFrame(rows).sort_values(["kind", "lr"]).reset_index(drop=True)
 
 
 def sweep(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:

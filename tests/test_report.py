@@ -129,6 +129,13 @@ def test_one_rule_chooses_rate_then_epochs(learnable, tmp_path, monkeypatch):
     assert choose("smoke", tmp_path)[0] == done
 
 
+def test_a_folder_without_results_gives_empty_sweeps_not_errors(tmp_path):
+    """A chapter run away from the repository's ``results/`` prints its hint instead of failing."""
+    assert not len(sweep_table("cpu", tmp_path))
+    assert peak_contrasts("cpu", tmp_path) == []
+    assert choose("cpu", tmp_path) == []
+
+
 def test_the_cpu_profile_uses_what_its_stored_sweeps_chose():
     """The study's settings are the rule's choices on the stored runs, not typed in beside them."""
     cpu = PROFILES["cpu"]
