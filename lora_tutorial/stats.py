@@ -32,9 +32,14 @@ class Interval:
         return self.low <= 0 <= self.high
 
     @property
+    def bounds(self) -> str:
+        """The interval alone, signed, as ``95 % interval -0.73 to +1.86``."""
+        return f"95 % interval {self.low:+.2f} to {self.high:+.2f}"
+
+    @property
     def span(self) -> str:
         """The signed mean and its interval in points, as ``+0.55 points, 95 % interval -0.73 to +1.86``."""
-        return f"{self.mean:+.2f} points, 95 % interval {self.low:+.2f} to {self.high:+.2f}"
+        return f"{self.mean:+.2f} points, {self.bounds}"
 
     def __str__(self) -> str:
         return f"{self.mean:.2f} (95 % interval {self.low:.2f} to {self.high:.2f})"
@@ -123,8 +128,8 @@ def verdict(diff: Interval, a: str, b: str) -> str:
     """A clause for the difference ``a - b`` that says only what its interval supports."""
     if diff.contains_zero:
         return f"no difference between {a} and {b} is detectable at this budget ({diff.span})"
-    span = f"95 % interval {diff.low:+.2f} to {diff.high:+.2f}"
-    return f"{a} is {'ahead of' if diff.mean > 0 else 'behind'} {b} by {abs(diff.mean):.2f} points ({span})"
+    side = "ahead of" if diff.mean > 0 else "behind"
+    return f"{a} is {side} {b} by {abs(diff.mean):.2f} points ({diff.bounds})"
 
 
 def summary_table(df: pd.DataFrame, experiments: list[str], **kw) -> pd.DataFrame:
