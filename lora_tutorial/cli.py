@@ -48,8 +48,6 @@ def parser() -> argparse.ArgumentParser:
     pick = sub.add_parser("choose", help="the learning rate and epochs the stored sweeps choose, per method")
     pick.add_argument("--profile", default="cpu")
     pick.add_argument("--results", default=None)
-    mig = sub.add_parser("migrate", help="convert stored results of the earlier layout to the current one")
-    mig.add_argument("--results", default=None)
     sub.add_parser("profiles", help="print every profile's settings")
     bench = sub.add_parser(
         "bench", help="measure step time, memory and latency ratios (writes results/bench)"
@@ -194,13 +192,6 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"predictions added: {path}")
         elif args.command == "choose":
             choose_command(args)
-        elif args.command == "migrate":
-            from .store import migrate
-
-            moves = migrate(args.results)
-            for old, new in moves:
-                print(f"{old} -> {new}")
-            print(f"{len(moves)} records converted.")
         elif args.command == "bench":
             bench_command(args)
         else:

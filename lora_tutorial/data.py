@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,6 +39,16 @@ def read_tsv(path: str | Path) -> Dataset:
     if not sentences:
         raise ValueError(f"{path}: the split is empty (no examples after the header).")
     return Dataset.from_dict({"sentence": sentences, "label": labels}, features=FEATURES)
+
+
+def fingerprint(split: Dataset) -> str:
+    """A SHA-256 of a split's examples in order (its sentences, or once tokenized its token ids) and
+    labels: which data a run actually saw."""
+    digest = hashlib.sha256()
+    column = "sentence" if "sentence" in split.column_names else "input_ids"
+    for x, label in zip(split[column], split["label"]):
+        digest.update(f"{x}\t{label}\n".encode())
+    return digest.hexdigest()
 
 
 def load_sst2(source: str | Path | None = None) -> DatasetDict:

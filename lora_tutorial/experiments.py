@@ -5,14 +5,20 @@ A run is a :class:`RunSpec`: a profile (model, data and optimiser settings share
 and a seed. An experiment's name is the short way to type it: ``lora-r16`` leaves the learning rate,
 epochs and budget to the profile; once resolved against a profile the name says all of them,
 ``lora-r16-qv-e2@1e-3`` or ``lora-r8-qv-upper-e1-n20000@1e-3``, and parsing that name gives the same spec.
+
+LoRA's scale ``s`` in ``s * B A`` follows one of three rules (:data:`SCALING_RULES`): ``alpha = 2r``
+(``s`` = 2 at every rank: the study's default), ``alpha / r`` with a fixed alpha (``-a32``: the LoRA
+paper's), and ``alpha / sqrt(r)`` with a fixed alpha (``rslora-...-a8``). Two names that give the same
+scale at the same rank are one run: ``lora-r16-qv-a32`` and ``rslora-r16-qv-a8`` are both ``lora-r16-qv``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 
-from .lora import LoRAConfig
+from .lora import LoRAConfig, lora_scaling
 
 HEAD = ("classifier", "pooler")  # trained by every method (the embedded model's pooler was never trained)
 RANKS = (1, 4, 8, 16, 32)
@@ -36,6 +42,12 @@ SWEEP_BASES = {
 }
 #: The kinds the headline compares (full fine-tuning, LoRA on query and value, LoRA on every linear layer).
 HEADLINE_KINDS = tuple(SWEEP_BASES)[:3]
+#: The scaling rules the rank study compares: a reader's label, and the name words that select it.
+SCALING_RULES = {
+    "alpha = 2r": "lora-r{r}-qv",  # s = 2 at every rank
+    "alpha / r, alpha = 32": "lora-r{r}-qv-a32",  # s = 32 / r (the LoRA paper; LoRA Without Regret)
+    "alpha / sqrt(r), alpha = 8": "rslora-r{r}-qv-a8",  # s = 8 / sqrt(r) (rsLoRA)
+}  # all three give s = 2 at r = 16, so the r = 16 runs belong to each
 LORAPLUS_RATIO = 16.0  # LoRA+: B's learning rate over A's (Hayou et al., 2024)
 
 
@@ -59,6 +71,7 @@ class Profile:
     ablation_epochs: int = 1
     sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)  # learning rates tried, per kind
     sweep_seeds: tuple[int, ...] = (0, 1)  # the seeds a sweep and the epoch rule compare (others: ignored)
+    scaling_sweep: tuple[float, ...] = ()  # learning rates tried for every scaling rule and rank
 
     def fixed_settings(self, method: str) -> dict:
         """The settings every run of ``method`` shares in this profile (not part of an experiment's name):
@@ -112,6 +125,7 @@ PROFILES = {
             "dora": (3e-4, 1e-3, 3e-3, 1e-2),
             "loraplus": (1e-4, 3e-4, 1e-3),  # A's rate; B's is 16x
         },
+        scaling_sweep=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),  # one grid for every rule and rank: no rule favoured
     ),
     "gpu": Profile(
         "gpu",
@@ -131,13 +145,13 @@ def lr_text(lr: float) -> str:
 
 _NAME = re.compile(
     r"(?:(full|head)|(lora|rslora|dora|loraplus)-r(\d+)(?:-(q|v|qv|qkvo-ffn|qkvo))?"
-    r"(?:-(lower|upper|layer\d+))?)(?:-e(\d+))?(?:-n(\d+))?(?:@(.+))?"
+    r"(?:-(lower|upper|layer\d+))?(?:-a(\d+(?:\.\d+)?))?)(?:-e(\d+))?(?:-n(\d+))?(?:@(.+))?"
 )
 #: How an experiment name is written (the error for an unknown name quotes it).
 GRAMMAR = (
-    "full | head | lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn][-lower|-upper|-layer<i>][-e<epochs>][-n<examples>]"
-    "[@<lr>] (rslora-, dora-, loraplus- for lora-), e.g. lora-r16, lora-r8-layer3, full@5e-5, "
-    "lora-r8-upper-n20000"
+    "full | head | lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn][-lower|-upper|-layer<i>][-a<alpha>][-e<epochs>]"
+    "[-n<examples>][@<lr>] (rslora-, dora-, loraplus- for lora-; no -a: alpha = 2r), e.g. lora-r16, "
+    "lora-r8-layer3, lora-r4-a32, full@5e-5, lora-r8-upper-n20000"
 )
 
 
@@ -151,37 +165,73 @@ class Experiment:
     target: str = "qv"
     layers: str = "all"  # "all", "lower", "upper" or a single layer index as a string
     variant: str = "lora"  # "lora", "rslora" (alpha/sqrt(r)), "dora" or "loraplus" (B learns 16x faster)
+    alpha: float | None = (
+        None  # None: alpha = 2r; else a fixed alpha (the scale is alpha/r, rslora alpha/sqrt r)
+    )
     lr: float | None = None
     epochs: int | None = None
     train_examples: int | None = (
         None  # None: the profile's training set (its train_limit, else the full split)
     )
 
+    def __post_init__(self) -> None:
+        """One canonical form per run: a fixed alpha that gives the scale alpha = 2r gives becomes None."""
+        if self.method != "lora" or self.alpha is None:
+            return
+        if self.alpha <= 0 or not math.isfinite(self.alpha):
+            raise ValueError(f"LoRA alpha must be a positive number, got {self.alpha!r}.")
+        if math.isclose(lora_scaling(self.r, self.alpha, self.variant == "rslora"), 2.0):
+            object.__setattr__(self, "alpha", None)
+            if self.variant == "rslora":
+                object.__setattr__(self, "variant", "lora")
+
+    @property
+    def scaling_rule(self) -> str | None:
+        """How the scale of ``s * B A`` is set: ``alpha = 2r``, ``alpha / r`` or ``alpha / sqrt(r)`` (fixed
+        alpha); None for full and head-only training."""
+        if self.method != "lora":
+            return None
+        if self.alpha is None:
+            return "alpha = 2r" if self.variant != "rslora" else "alpha = 2r, / sqrt(r)"
+        return "alpha / sqrt(r)" if self.variant == "rslora" else "alpha / r"
+
+    @property
+    def lora_alpha(self) -> float | None:
+        """The alpha LoRAConfig gets: the fixed one, else 2r."""
+        if self.method != "lora":
+            return None
+        return self.alpha if self.alpha is not None else 2 * self.r
+
     @classmethod
     def parse(cls, name: str) -> Experiment:
         """The experiment a name describes (see :data:`GRAMMAR`)."""
         m = _NAME.fullmatch(name)
         try:
-            lr = float(m.group(8)) if m and m.group(8) else None
+            lr = float(m.group(9)) if m and m.group(9) else None
         except ValueError:
             lr = None
             m = None
         if (
             not m
             or (m.group(3) and int(m.group(3)) <= 0)
-            or (lr is not None and lr <= 0)
-            or m.group(6) == "0"
+            or (lr is not None and not (0 < lr < math.inf))
+            or m.group(7) == "0"
+            or m.group(8) == "0"
+            or (m.group(6) and float(m.group(6)) <= 0)
         ):
             raise ValueError(f"Unknown experiment {name!r}; use {GRAMMAR}.")
-        epochs, examples = (int(g) if g else None for g in m.group(6, 7))
+        epochs, examples = (int(g) if g else None for g in m.group(7, 8))
         if m.group(1):
             return cls(m.group(1), lr=lr, epochs=epochs, train_examples=examples)
         return cls(
             "lora",
             r=int(m.group(3)),
             target=m.group(4) or "qv",
-            layers=(m.group(5) or "all").removeprefix("layer"),
+            layers=str(int(m.group(5)[5:]))
+            if (m.group(5) or "").startswith("layer")
+            else m.group(5) or "all",
             variant=m.group(2),
+            alpha=float(m.group(6)) if m.group(6) else None,
             lr=lr,
             epochs=epochs,
             train_examples=examples,
@@ -193,6 +243,8 @@ class Experiment:
         parts = [self.method if self.method != "lora" else f"{self.variant}-r{self.r}-{self.target}"]
         if self.method == "lora" and self.layers != "all":
             parts.append(self.layers if not self.layers.isdigit() else f"layer{self.layers}")
+        if self.method == "lora" and self.alpha is not None:
+            parts.append(f"a{self.alpha:g}")
         if self.epochs is not None:
             parts.append(f"e{self.epochs}")
         if self.train_examples is not None:
@@ -228,7 +280,7 @@ class Experiment:
         )
 
     def lora_config(self, num_layers: int, dropout: float) -> LoRAConfig:
-        """The LoRAConfig for a model with ``num_layers`` layers (alpha = 2r: the scaling stays 2)."""
+        """The LoRAConfig for a model with ``num_layers`` layers (alpha: see :attr:`lora_alpha`)."""
         half = num_layers // 2
         layers = {"all": None, "lower": list(range(half)), "upper": list(range(half, num_layers))}.get(
             self.layers, [int(self.layers)] if self.layers.isdigit() else None
@@ -240,7 +292,7 @@ class Experiment:
             )
         return LoRAConfig(
             r=self.r,
-            alpha=2 * self.r,
+            alpha=self.lora_alpha,
             dropout=dropout,
             target_modules=MODULE_SETS[self.target],
             layers=layers,
@@ -291,6 +343,15 @@ def suites(profile: Profile, num_layers: int) -> dict[str, list[tuple[str, str]]
         for kind, base in SWEEP_BASES.items()
         for lr in profile.sweep.get(kind, ())
     ]
+    scaling = [
+        (
+            Experiment.parse(f"{rule.format(r=r)}@{lr_text(lr)}").name,
+            ablation(profile, f"{rule.format(r=r)}@{lr_text(lr)}"),
+        )
+        for rule in SCALING_RULES.values()
+        for r in RANKS
+        for lr in profile.scaling_sweep
+    ]
     return {
         "headline": [(n, n) for n in ("full", "lora-r16", f"lora-r4-{ALL_LINEAR}")],
         "rank": [(f"lora-r{r}", f"lora-r{r}") for r in RANKS],
@@ -301,6 +362,7 @@ def suites(profile: Profile, num_layers: int) -> dict[str, list[tuple[str, str]]
         "modules": ab([f"lora-r8-{t}" for t in MODULE_SETS]),
         "variants": ab([f"{v}-r16-qv" for v in VARIANT_NAMES]),
         "sweep": sweep,
+        "scaling": list(dict.fromkeys(scaling)),  # the r = 16 runs, shared by every rule, once
     }
 
 

@@ -15,9 +15,9 @@ from accelerate import Accelerator
 from datasets import DatasetDict
 
 from .adapter_io import load_adapter, save_adapter
-from .data import load_sst2, tokenize
+from .data import fingerprint, load_sst2, tokenize
 from .experiments import HEAD, PROFILES, Profile, RunSpec, expand, spec
-from .lora import apply_lora, train_only
+from .lora import apply_lora, lora_scaling, train_only
 from .models import layer_count, load_model, load_tokenizer
 from .params import count_parameters
 from .store import Memory, Params, Provenance, ResultStore, RunRecord, Timing, now
@@ -98,6 +98,8 @@ def run_one(
         "variant": exp.variant if lora else None,
         "rank": exp.r,
         "alpha": lora.alpha if lora else None,
+        "scaling_rule": exp.scaling_rule,
+        "scale": lora_scaling(lora.r, lora.alpha, lora.rslora) if lora else None,
         "layers": lora.layers if lora else None,
         "target_modules": list(lora.target_modules) if lora else None,
         "trainable_modules": list(HEAD) if exp.method != "full" else "all",
@@ -106,6 +108,7 @@ def run_one(
         "profile": profile.name,
         "train_examples": len(data["train"]),
         "validation_examples": len(data["validation"]),
+        "data_sha256": {split: fingerprint(data[split]) for split in ("train", "validation")},
         "hyperparameters": vars(cfg)
         | {"max_length": profile.max_length, "lora_dropout": profile.lora_dropout if lora else None},
     }
@@ -142,6 +145,7 @@ def run_one(
         ),
         predictions=labels_text(out.predictions),
         validation_labels=labels_text(data["validation"]["label"]),
+        probabilities=out.probabilities,
     )
     return record, model
 
@@ -228,7 +232,7 @@ def recompute_predictions(
         model = load_adapter(load_model(prof.model, seed=record.seed), path.parent / record.adapter)
         _, loader = make_loaders(data, tokenizer, TrainConfig())
         model, loader = accelerator.prepare(model, loader)
-        preds, _ = predict(model, loader, accelerator)
+        preds = predict(model, loader, accelerator).labels
         got = (preds == labels).float().mean().item()
         if round(record.accuracy * len(labels)) != round(got * len(labels)):
             print(

@@ -3,7 +3,7 @@
 ``results/<profile>/<experiment>__seed<s>.json`` (the experiment's full name: method, rank, projections,
 layers, epochs, training examples, learning rate), its adapter in ``adapters/<same name>/``. A record is
 written atomically; a re-run never deletes what an earlier run computed (the older record moves to
-``superseded/<its finish time>/``). :func:`migrate` rewrites the earlier flat layout into this one.
+``superseded/<its finish time>/``).
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -28,7 +27,6 @@ from .models import layer_count
 
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "peft", "lora-tutorial")
 RESULTS_ENV = "LORA_TUTORIAL_RESULTS"
-LEGACY_PROFILES = {"cpu-tune": "cpu"}  # the 20,000-example tuning profile is the cpu profile with -n20000
 
 
 def now() -> str:
@@ -146,7 +144,8 @@ class RunRecord:
     predictions: str | None = None  # predicted label per validation example, one character each
     validation_labels: str | None = None  # the true labels, in the same order
     adapter: str | None = None  # the adapter's folder, relative to the record's
-    migrated_from: str | None = None  # the file this record was stored as before the current layout
+    probabilities: list[float] | None = None  # P(positive) per validation example, in the same order
+    migrated_from: str | None = None  # the file a record of an earlier layout was converted from
 
     @property
     def spec(self) -> Experiment:
@@ -162,63 +161,9 @@ class RunRecord:
     @classmethod
     def from_json(cls, d: dict) -> RunRecord:
         if "experiment" not in d:
-            raise ValueError(
-                "This result file has the earlier layout; convert the folder with "
-                "python -m lora_tutorial migrate."
-            )
+            raise ValueError("not a run record of lora_tutorial (it has no 'experiment' field)")
         parts = {"params": Params, "timing": Timing, "memory": Memory, "provenance": Provenance}
         return cls(**{k: parts[k](**v) if k in parts else v for k, v in d.items()})
-
-
-def _legacy_experiment(d: dict) -> Experiment:
-    """The resolved experiment of a record in the earlier layout: rate and epochs as it recorded them; its
-    budget the profile's ``train_limit``, else the ablation budget if its name had a projections or layers
-    part (that grammar's rule for an ablation), else the full split."""
-    c, s = d["config"], d.get("settings", {})
-    base = c["experiment"].partition("@")[0]
-    if s.get("train_limit") is not None:
-        examples = s["train_limit"]
-    elif re.fullmatch(r"[a-z]+-r\d+-.+", base):
-        examples = c["train_examples"]
-    else:
-        examples = None
-    hp = c["hyperparameters"]
-    return replace(Experiment.parse(base), lr=hp["lr"], epochs=hp["epochs"], train_examples=examples)
-
-
-LEGACY_KEYS = {"peak_bytes": "peak_memory_bytes", "baseline_bytes": "memory_baseline_bytes"}
-
-
-def from_legacy(d: dict) -> RunRecord:
-    """A record of the earlier flat layout as a :class:`RunRecord`; every stored value is kept."""
-    d = dict(d)
-    take = lambda cls: cls(
-        **{
-            f.name: d.pop(k)
-            for f in fields(cls)  # noqa: E731
-            if (k := LEGACY_KEYS.get(f.name, f.name)) in d
-        }
-    )
-    exp = _legacy_experiment(d)
-    config = d.pop("config")
-    record = RunRecord(
-        profile=LEGACY_PROFILES.get(config["profile"], config["profile"]),
-        experiment=exp.name,
-        seed=config["seed"],
-        config=config,
-        settings=d.pop("settings", {}),
-        metrics=d.pop("metrics"),
-        params=Params(d.pop("trainable_params"), d.pop("total_params"), d.pop("lora_params")),
-        timing=take(Timing),
-        memory=take(Memory),
-        provenance=take(Provenance),
-        predictions=d.pop("predictions", None),
-        validation_labels=d.pop("validation_labels", None),
-        adapter=d.pop("adapter", None),
-    )
-    if d:
-        raise ValueError(f"Unknown fields {sorted(d)} in a stored result; nothing was converted.")
-    return record
 
 
 def is_stale(record: RunRecord, profile: Profile) -> bool:
@@ -389,49 +334,3 @@ def write_json_atomic(path: Path, record: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, path)
-
-
-def _finished(path: Path) -> str:
-    return RunRecord.from_json(json.loads(path.read_text())).timing.finished
-
-
-def migrate(root: str | Path | None = None) -> list[tuple[Path, Path]]:
-    """Rewrite every record of the earlier flat layout under ``root`` into the current one (typed record,
-    a file named by its full experiment name; ``cpu-tune`` runs join ``cpu`` with ``-n20000``), adapters
-    moved along. A record that is stale for its profile, or whose new name is taken, goes to
-    ``superseded/``. Returns ``(old path, new path)`` pairs; running it again does nothing."""
-    root = Path(root) if root is not None else default_results()
-    moves = []
-    for old in sorted(root.glob("*/**/*.json")):
-        relative = old.relative_to(root)
-        if relative.parts[0] == "bench" or "adapters" in relative.parts:
-            continue
-        data = json.loads(old.read_text())
-        if "experiment" in data:
-            continue
-        record = replace(from_legacy(data), migrated_from=str(relative))
-        inside = relative.parts[1:-1]  # () at the top, ("superseded", "<time>") for a superseded record
-        folder = root / record.profile / Path(*inside)
-        new = folder / f"{record.experiment}__seed{record.seed}.json"
-        profile = PROFILES.get(record.profile)
-        if not inside:
-            stale = profile is not None and is_stale(record, profile)
-            if not stale and new.exists() and _finished(new) < record.timing.finished:
-                ResultStore(record.profile, root).supersede(new)  # two runs of one spec: the later one stays
-            if stale or new.exists():
-                folder = root / record.profile / "superseded" / record.timing.finished.replace(":", "")
-                new = folder / new.name
-        if new.exists():
-            raise ValueError(f"Cannot migrate {old}: {new} exists already; move one of them aside first.")
-        folder.mkdir(parents=True, exist_ok=True)
-        if record.adapter:
-            (folder / "adapters").mkdir(exist_ok=True)
-            (old.parent / record.adapter).rename(folder / "adapters" / new.stem)
-            record = replace(record, adapter=f"adapters/{new.stem}")
-        write_json_atomic(new, record.to_json())
-        old.unlink()
-        moves.append((old, new))
-    for folder in sorted(root.glob("**/"), key=lambda p: len(p.parts), reverse=True):
-        if folder != root and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-    return moves

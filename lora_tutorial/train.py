@@ -63,6 +63,9 @@ class TrainResult:
     predictions: list[int] = field(
         default_factory=list
     )  # last epoch's predicted label per validation example
+    probabilities: list[float] = field(
+        default_factory=list
+    )  # last epoch's P(positive) per validation example
     mean_load: float = 0.0  # mean 1-minute load average while training (CPU); its own threads count too
 
     @property
@@ -152,31 +155,43 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> tuple[torch.Tensor, float]:
-    """Predicted labels in the dataset's order (gathered across processes) and the mean loss."""
+def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> Prediction:
+    """Every example's predicted label and class probabilities, in the dataset's order (gathered across
+    processes), and the mean loss."""
     was_training = model.training
     model.eval()
     sampler = getattr(
         loader.batch_sampler, "batch_sampler", loader.batch_sampler
     )  # Accelerate's shard wraps it
-    preds, loss, order = [], 0.0, [i for batch in sampler for i in batch]
+    probs, loss, order = [], 0.0, [i for batch in sampler for i in batch]
     for batch in loader:
         logits, labels = accelerator.gather_for_metrics((model(**batch).logits.float(), batch["labels"]))
         loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        preds.append(logits.argmax(-1).cpu())
+        probs.append(logits.double().softmax(-1).cpu())  # float64: 1 - p keeps its digits near 1
     model.train(was_training)
-    out = torch.empty(len(order), dtype=torch.long)
-    out[torch.tensor(order)] = torch.cat(preds)
-    return out, loss / len(order)
+    out = torch.empty(len(order), probs[0].shape[-1], dtype=torch.float64)
+    out[torch.tensor(order)] = torch.cat(probs)
+    return Prediction(out.argmax(-1), out, loss / len(order))
+
+
+@dataclass
+class Prediction:
+    """A model's output on a dataset: labels, class probabilities (one row per example), mean loss."""
+
+    labels: torch.Tensor
+    probabilities: torch.Tensor
+    loss: float
 
 
 def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator, labels: list[int]) -> dict:
-    """Validation accuracy, mean loss and the predicted label of every example (in dataset order)."""
-    preds, loss = predict(model, loader, accelerator)
+    """Validation accuracy, mean loss, and every example's predicted label and probability of the
+    positive class (in dataset order)."""
+    out = predict(model, loader, accelerator)
     return {
-        "validation_accuracy": (preds == torch.tensor(labels)).float().mean().item(),
-        "validation_loss": loss,
-        "predictions": preds.tolist(),
+        "validation_accuracy": (out.labels == torch.tensor(labels)).float().mean().item(),
+        "validation_loss": out.loss,
+        "predictions": out.labels.tolist(),
+        "probabilities": out.probabilities[:, 1].tolist(),
     }
 
 
@@ -242,7 +257,7 @@ def train(
                     bar.set_postfix(loss=f"{value:.4f}")
             epoch_seconds.append(time.perf_counter() - start)
             scores = evaluate(model, val_loader, accelerator, labels)
-            result.predictions = scores.pop("predictions")
+            result.predictions, result.probabilities = scores.pop("predictions"), scores.pop("probabilities")
             result.history.append({"epoch": epoch + 1, "train_seconds": epoch_seconds[-1], **scores})
     result.train_seconds_per_epoch = sum(epoch_seconds) / len(epoch_seconds)
     result.examples_per_second = len(data["train"]) / result.train_seconds_per_epoch

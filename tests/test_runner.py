@@ -13,12 +13,14 @@ from lora_tutorial import runner
 from lora_tutorial.experiments import (
     HEADLINE_KINDS,
     PROFILES,
+    RANKS,
     VARIANT_NAMES,
     Experiment,
     lr_text,
     spec,
     suites,
 )
+from lora_tutorial.lora import lora_scaling
 from lora_tutorial.store import ResultStore, RunRecord, load_results
 from lora_tutorial.train import TrainConfig, train
 
@@ -208,6 +210,36 @@ def test_experiment_names_say_what_they_train():
         Experiment.parse("full@fast")
 
 
+def test_a_scaling_rule_is_a_field_of_the_spec_and_one_run_has_one_name():
+    fixed, rs, default = (Experiment.parse(n) for n in ("lora-r4-a32", "rslora-r4-a8", "lora-r4"))
+    assert (fixed.scaling_rule, fixed.lora_alpha) == ("alpha / r", 32)
+    assert (rs.scaling_rule, rs.lora_alpha) == ("alpha / sqrt(r)", 8)
+    assert (default.scaling_rule, default.lora_alpha) == ("alpha = 2r", 8)
+    scales = [
+        lora_scaling(c.r, c.alpha, c.rslora) for c in (e.lora_config(6, 0.0) for e in (fixed, rs, default))
+    ]
+    assert scales == [8.0, 4.0, 2.0]
+    # at r = 16 the three rules give the same scale (2): the same run, under one name and one file
+    same = {Experiment.parse(n).name for n in ("lora-r16-a32", "rslora-r16-qv-a8", "lora-r16-qv")}
+    assert same == {"lora-r16-qv"}
+    assert Experiment.parse("lora-r8-layer03").name == Experiment.parse("lora-r8-layer3").name
+    for bad in ("lora-r4-a0", "lora-r4@nan", "lora-r4@inf", "lora-r16-n0"):
+        with pytest.raises(ValueError, match="Unknown experiment"):
+            Experiment.parse(bad)
+
+
+def test_the_scaling_suite_sweeps_every_rule_and_rank_on_one_grid():
+    cpu = PROFILES["cpu"]
+    runs = [Experiment.parse(n) for _, n in suites(cpu, 6)["scaling"]]
+    assert len(runs) == len({r.name for r in runs}) == (3 * (len(RANKS) - 1) + 1) * len(cpu.scaling_sweep)
+    assert {(r.r, r.scaling_rule) for r in runs if r.r != 16} == {
+        (r, rule) for r in RANKS if r != 16 for rule in ("alpha = 2r", "alpha / r", "alpha / sqrt(r)")
+    }
+    assert len(cpu.scaling_sweep) >= 4
+    assert math.log10(max(cpu.scaling_sweep) / min(cpu.scaling_sweep)) >= 1.5
+    assert all((r.epochs, r.train_examples) == (1, cpu.ablation_train_limit) for r in runs)
+
+
 def test_suites_state_their_budget():
     cpu = PROFILES["cpu"]
     table = suites(cpu, 6)
@@ -302,6 +334,13 @@ def test_each_run_stores_its_predictions_in_dataset_order(learnable, tmp_path):
     assert labels == runner.labels_text(runner.load_sst2(learnable)["validation"]["label"])
     accuracy = sum(p == y for p, y in zip(preds, labels)) / len(labels)
     assert accuracy == record.accuracy
+    probs = record.probabilities  # P(positive): the label it predicts, the log-loss it was scored with
+    assert [str(int(p > 0.5)) for p in probs] == list(preds)
+    log_loss = -sum(math.log(p if y == "1" else 1 - p) for p, y in zip(probs, labels)) / len(labels)
+    assert log_loss == pytest.approx(record.metrics["history"][-1]["validation_loss"], rel=1e-5)
+    assert record.config["data_sha256"]["validation"] == runner.fingerprint(
+        runner.prepare_data(PROFILES["smoke"], learnable)[0]["validation"]
+    )
 
 
 def test_predictions_are_recomputed_from_a_stored_adapter(learnable, tmp_path):
