@@ -18,6 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 
+from .errors import UsageError
 from .lora import LoRAConfig, lora_scaling
 
 HEAD = ("classifier", "pooler")  # trained by every method (the embedded model's pooler was never trained)
@@ -179,7 +180,7 @@ class Experiment:
         if self.method != "lora" or self.alpha is None:
             return
         if self.alpha <= 0 or not math.isfinite(self.alpha):
-            raise ValueError(f"LoRA alpha must be a positive number, got {self.alpha!r}.")
+            raise UsageError(f"LoRA alpha must be a positive number, got {self.alpha!r}.")
         if math.isclose(lora_scaling(self.r, self.alpha, self.variant == "rslora"), 2.0):
             object.__setattr__(self, "alpha", None)
             if self.variant == "rslora":
@@ -219,7 +220,7 @@ class Experiment:
             or m.group(8) == "0"
             or (m.group(6) and float(m.group(6)) <= 0)
         ):
-            raise ValueError(f"Unknown experiment {name!r}; use {GRAMMAR}.")
+            raise UsageError(f"Unknown experiment {name!r}; use {GRAMMAR}.")
         epochs, examples = (int(g) if g else None for g in m.group(7, 8))
         if m.group(1):
             return cls(m.group(1), lr=lr, epochs=epochs, train_examples=examples)
@@ -286,7 +287,7 @@ class Experiment:
             self.layers, [int(self.layers)] if self.layers.isdigit() else None
         )
         if layers is not None and not all(0 <= i < num_layers for i in layers):
-            raise ValueError(
+            raise UsageError(
                 f"Experiment {self.name!r} adapts layer {self.layers}, but the model has {num_layers} "
                 f"layers (0..{num_layers - 1}); pick a layer in that range."
             )
@@ -376,7 +377,7 @@ def expand(profile: Profile, names: list[str], num_layers: int) -> list[tuple[st
         elif name in table:
             out += table[name]
         elif re.fullmatch(r"[a-z]+", name) and name not in ("full", "head"):
-            raise ValueError(f"Unknown suite {name!r}; choose one of {sorted(table) + ['all']}.")
+            raise UsageError(f"Unknown suite {name!r}; choose one of {sorted(table) + ['all']}.")
         else:
             Experiment.parse(name)
             out.append((name, name))

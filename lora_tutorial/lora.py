@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UsageError
+
 INITS = ("kaiming", "gaussian")
+CLASSIFIER_NAMES = ("classifier", "score")  # a sequence classifier's head, in BERT and in decoder models
 LORA_PARAMS = ("lora_A", "lora_B")  # the parameter names of a LoRA update (peft's names too)
 
 
@@ -29,14 +32,14 @@ def lora_scaling(r: int, alpha: float, rslora: bool = False) -> float:
 
 
 def _check_hparams(r: int, alpha: float, dropout: float, init: str) -> None:
-    if not isinstance(r, int) or r <= 0:
-        raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}; use e.g. r=8.")
-    if alpha <= 0:
-        raise ValueError(f"LoRA alpha must be > 0, got {alpha!r}; a common choice is alpha = 2 * r.")
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        raise UsageError(f"LoRA rank r must be a positive integer, got {r!r}; use e.g. r=8.")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+        raise UsageError(f"LoRA alpha must be > 0, got {alpha!r}; a common choice is alpha = 2 * r.")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}; use 0.0 to disable it.")
+        raise UsageError(f"LoRA dropout must be in [0, 1), got {dropout!r}; use 0.0 to disable it.")
     if init not in INITS:
-        raise ValueError(f"Unknown LoRA init {init!r}; choose one of {INITS}.")
+        raise UsageError(f"Unknown LoRA init {init!r}; choose one of {INITS}.")
 
 
 class LoRADropout(nn.Dropout):
@@ -64,7 +67,7 @@ class LoRALinear(nn.Module):
         super().__init__()
         _check_hparams(r, alpha, dropout, init)
         if not isinstance(base, nn.Linear):
-            raise ValueError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}.")
+            raise UsageError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}.")
         self.base = base.requires_grad_(False)
         self.r, self.alpha, self.rslora, self.init = r, alpha, rslora, init
         self.scaling = lora_scaling(r, alpha, rslora)
@@ -133,10 +136,14 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         _check_hparams(self.r, self.alpha, self.dropout, self.init)
-        self.target_modules = tuple(self.target_modules)
-        self.trainable = tuple(self.trainable)
+        # a single name is one module, not its letters
+        self.target_modules = (
+            (self.target_modules,) if isinstance(self.target_modules, str) else tuple(self.target_modules)
+        )
+        trainable = (self.trainable,) if isinstance(self.trainable, str) else self.trainable
+        self.trainable = tuple(dict.fromkeys(trainable))
         if not self.target_modules:
-            raise ValueError(
+            raise UsageError(
                 "target_modules is empty; name the Linear layers to adapt, e.g. ('query', 'value')."
             )
         if self.layers is not None:
@@ -169,7 +176,7 @@ class LoRAConfig:
     def from_peft(cls, c: dict) -> LoRAConfig:
         """Read peft's ``adapter_config.json`` fields (a list of target modules, not a regex)."""
         if isinstance(c["target_modules"], str):
-            raise ValueError(
+            raise UsageError(
                 f"target_modules is a regex ({c['target_modules']!r}); only a list of module names "
                 "is supported."
             )
@@ -241,13 +248,13 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
     """Wrap the matching ``nn.Linear`` layers of ``model`` in place and freeze all else but
     ``config.trainable``. Returns a summary of what was wrapped."""
     if lora_layers(model):
-        raise ValueError(
+        raise UsageError(
             "This model already has LoRA layers; call merge_lora(model) first, "
             "or start again from the base model."
         )
     n = num_layers(model)
     if config.layers is not None and any(not 0 <= i < n for i in config.layers):
-        raise ValueError(
+        raise UsageError(
             f"Layer indices {config.layers} out of range: this model has {n} layers (0..{n - 1})."
         )
     targets = [
@@ -258,9 +265,18 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
         and (config.layers is None or layer_index(name) in config.layers)
     ]
     if not targets:
-        raise ValueError(
+        raise UsageError(
             f"No nn.Linear matched target_modules={list(config.target_modules)}; "
             "print(model) to see the module names (BERT uses query, key, value, dense)."
+        )
+    names = [name for name, _ in model.named_modules()]
+    unmatched = [k for k in config.trainable if not any(_matches(name, (k,)) for name in names)]
+    if any(k in CLASSIFIER_NAMES and k not in unmatched for k in config.trainable):  # peft lists both names
+        unmatched = [k for k in unmatched if k not in CLASSIFIER_NAMES]
+    if unmatched:
+        raise UsageError(
+            f"trainable={list(config.trainable)}: no module is named {unmatched[0]!r}; print(model) to see "
+            "the names (BERT's head: classifier, pooler)."
         )
     layer_class = VARIANTS["dora" if config.dora else "lora"]
     model.requires_grad_(False)
@@ -278,6 +294,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
         if config.trainable and _matches(name, config.trainable) and not isinstance(m, LoRALinear):
             m.requires_grad_(True)
             summary.trainable.append(name)
+
     model.lora_config = config
     return summary
 

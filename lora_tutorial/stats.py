@@ -14,6 +14,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from .errors import UsageError
+
 LEVEL = 0.95
 REPLICATES = 10_000
 
@@ -48,7 +50,7 @@ class Interval:
 def correctness(predictions: list[str], labels: str) -> np.ndarray:
     """Seeds x examples matrix of 0/1: was the run's prediction for each validation sentence right?"""
     if any(len(p) != len(labels) for p in predictions):
-        raise ValueError(
+        raise UsageError(
             "Runs predicted different numbers of validation examples; compare runs made on the "
             "same validation split."
         )
@@ -85,7 +87,7 @@ def bootstrap(
     in points, with a percentile interval from resampling seeds (each experiment's own) and examples
     (shared by ``a`` and ``b``)."""
     if b is not None and a.shape[1] != b.shape[1]:
-        raise ValueError(f"Paired comparison needs the same examples: {a.shape[1]} vs {b.shape[1]}.")
+        raise UsageError(f"Paired comparison needs the same examples: {a.shape[1]} vs {b.shape[1]}.")
     examples = _example_draws(a.shape[1], replicates, seed)
     rng = np.random.default_rng([seed, 1])  # the seeds' draws: a stream apart from the examples'
     stat = _resampled_means(a, examples, rng)
@@ -101,12 +103,12 @@ def runs_of(df: pd.DataFrame, experiment: str) -> np.ndarray:
     """The correctness matrix of an experiment's stored runs (rows of a results table), one row per seed."""
     rows = df[df["experiment"] == experiment].sort_values("seed")
     if rows.empty:
-        raise ValueError(
+        raise UsageError(
             f"No stored runs of {experiment!r}; run it with python -m lora_tutorial run "
             f"--experiments {experiment}."
         )
     if rows["predictions"].isna().any():
-        raise ValueError(
+        raise UsageError(
             f"Some runs of {experiment!r} have no stored predictions; add them with "
             "python -m lora_tutorial predict."
         )

@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+import torch
 from helpers import randomize_lora
 from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -98,3 +99,12 @@ def test_the_studys_stored_adapters_load_in_peft(minilm, batch, kind):
     theirs = PeftModel.from_pretrained(copy.deepcopy(minilm), paths[0]).eval()
     ours = load_adapter(copy.deepcopy(minilm), paths[0]).eval()
     assert (ours(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
+
+
+def test_an_adapter_that_trains_no_head_loads_in_peft(tiny, batch, tmp_path):
+    base = copy.deepcopy(tiny)
+    apply_lora(tiny, LoRAConfig(r=4, trainable=()))
+    randomize_lora(tiny)
+    save_adapter(tiny, tmp_path)
+    theirs = PeftModel.from_pretrained(base, tmp_path).eval()
+    torch.testing.assert_close(theirs(**batch).logits, tiny.eval()(**batch).logits, atol=1e-6, rtol=0)
