@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["headline"],
         help=f"experiment names ({GRAMMAR}) or suites (headline, rank, layers, modules, variants, "
-        "sweep, all)",
+        "sweep, scaling, all)",
     )
     run.add_argument("--seeds", nargs="+", type=int, default=[0])
     run.add_argument("--results", default=None, help="results folder (default: the nearest results/)")
