@@ -92,7 +92,7 @@ PROFILES = {
         "smoke",
         model="tiny",
         batch_size=32,
-        lr={"full": 1e-3, "lora": 3e-3, "head": 3e-3},
+        lr={"full": 1e-3, "lora": 1e-2, "head": 1e-2},
         epochs={"full": 3, "lora": 3, "head": 3},
         max_length=64,
         train_limit=2048,

@@ -27,6 +27,7 @@ TINY = dict(
     intermediate_size=128,
     hidden_dropout_prob=0.0,
     attention_probs_dropout_prob=0.0,
+    initializer_range=0.1,  # bert's 0.02 leaves a frozen random encoder's output nearly input-independent
 )  # no dropout: exactly reproducible
 
 

@@ -61,14 +61,14 @@ def test_runs_made_in_their_own_processes_come_back_as_json(learnable, tmp_path)
     data = ["--data", str(learnable), "--results", str(tmp_path), "--no-progress"]
     made = cli("run", "--experiments", "lora-r2-e1", "--seeds", "3", "4", *data)  # two runs: two processes
     assert made.returncode == 0, made.stderr[-2000:]
-    assert [line.split()[0] for line in made.stdout.splitlines()] == ["lora-r2-qv-e1-n2048@3e-3"] * 2  # once
+    assert [line.split()[0] for line in made.stdout.splitlines()] == ["lora-r2-qv-e1-n2048@1e-2"] * 2  # once
     assert "examples/s" not in made.stderr  # --no-progress: not even datasets' tokenizing bar
     assert "it/s" not in made.stderr
     runs = json.loads(cli("results", "--profile", "smoke", "--results", str(tmp_path), "--json").stdout)
     assert [r["seed"] for r in runs] == [3, 4]
     run = runs[0]
-    assert run["experiment"] == "lora-r2-qv-e1-n2048@3e-3"
-    assert (run["method"], run["rank"], run["seed"], run["epochs"], run["lr"]) == ("lora", 2, 3, 1, 3e-3)
+    assert run["experiment"] == "lora-r2-qv-e1-n2048@1e-2"
+    assert (run["method"], run["rank"], run["seed"], run["epochs"], run["lr"]) == ("lora", 2, 3, 1, 1e-2)
     assert run["target_modules"] == ["query", "value"]
     assert run["layers"] is None
     assert run["train_examples"] == 1024

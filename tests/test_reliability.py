@@ -16,7 +16,7 @@ from lora_tutorial import runner
 from lora_tutorial.errors import LossDiverged
 from lora_tutorial.store import ResultStore
 
-HEAD = "head-e1-n2048@3e-3"
+HEAD = "head-e1-n2048@1e-2"
 
 
 def command(learnable, results, *args):
