@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--results", default=None)
     show.add_argument("--json", action="store_true", help="one JSON record per stored run, for scripts")
     pred = sub.add_parser(
-        "predict", help="add per-example predictions to stored LoRA runs, from their adapters"
+        "predict",
+        help="add per-example predictions and probabilities to stored LoRA runs, from their adapters",
     )
     pred.add_argument("--profile", required=True)
     pred.add_argument("--results", default=None)

@@ -261,10 +261,11 @@ def die_with_parent() -> None:
 def recompute_predictions(
     profile: str, results: str | Path | None = None, data_source: str | None = None
 ) -> list[Path]:
-    """Add the per-example predictions to stored LoRA runs that lack them, from their saved adapters.
-    The recomputed accuracy must equal the stored one, else nothing is written for that run."""
+    """Add the per-example predictions and probabilities to stored LoRA runs that lack them, from their
+    saved adapters. The recomputed predictions must equal the stored ones (or, where none are stored, the
+    recomputed accuracy the stored accuracy), else nothing is written for that run."""
     prof, store = profile_named(profile), ResultStore(profile, results)
-    todo = [(p, r) for p, r in store.records() if not r.predictions and r.adapter]
+    todo = [(p, r) for p, r in store.records() if r.adapter and not (r.predictions and r.probabilities)]
     if not todo:
         return []
     data, tokenizer = prepare_data(prof, data_source)
@@ -275,18 +276,29 @@ def recompute_predictions(
         model = load_adapter(load_model(prof.model, seed=record.seed), path.parent / record.adapter)
         _, loader = make_loaders(data, tokenizer, TrainConfig())
         model, loader = accelerator.prepare(model, loader)
-        preds = predict(model, loader, accelerator).labels
-        got = (preds == labels).float().mean().item()
-        if round(record.accuracy * len(labels)) != round(got * len(labels)):
+        out = predict(model, loader, accelerator)
+        got = (out.labels == labels).float().mean().item()
+        same = (
+            labels_text(out.labels) == record.predictions
+            if record.predictions
+            else round(record.accuracy * len(labels)) == round(got * len(labels))
+        )
+        if not same:
             print(
-                f"{path}: recomputed accuracy {got:.4f} differs from the stored {record.accuracy:.4f}; "
-                "left as it was.",
+                f"{path}: recomputed predictions (accuracy {got:.4f}) differ from the stored ones (accuracy "
+                f"{record.accuracy:.4f}); left as it was.",
                 file=sys.stderr,
             )
             continue
-        record.predictions, record.validation_labels = labels_text(preds), labels_text(labels)
+        added = [k for k in ("predictions", "probabilities") if not getattr(record, k)]
+        record.predictions, record.validation_labels = labels_text(out.labels), labels_text(labels)
+        record.probabilities = out.probabilities[:, 1].tolist()
         here = {k: v for k, v in vars(Provenance.here()).items() if k != "predictions_recomputed"}
-        record.provenance.predictions_recomputed = here | {"at": now(), "from": record.adapter}
+        record.provenance.predictions_recomputed = here | {
+            "at": now(),
+            "from": record.adapter,
+            "added": added,
+        }
         store.update(path, record)
         written.append(path)
     return written

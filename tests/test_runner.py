@@ -360,14 +360,28 @@ def test_each_run_stores_its_predictions_in_dataset_order(learnable, tmp_path):
 def test_predictions_are_recomputed_from_a_stored_adapter(learnable, tmp_path):
     [record] = runner.run_suite("smoke", ["lora-r2"], [0], tmp_path, learnable, progress=False)
     path = tmp_path / "smoke" / f"{record.experiment}__seed0.json"
-    path.write_text(json.dumps(replace(record, predictions=None, validation_labels=None).to_json()))
+    blank = replace(record, predictions=None, validation_labels=None, probabilities=None)
+    path.write_text(json.dumps(blank.to_json()))
     store, smoke = ResultStore("smoke", tmp_path), PROFILES["smoke"]
     assert store.find(spec(smoke, "lora-r2", 0)) is None  # no predictions: not current
     assert runner.recompute_predictions("smoke", tmp_path, learnable) == [path]
     again = store.find(spec(smoke, "lora-r2", 0))
     assert again.predictions == record.predictions
+    assert again.probabilities == pytest.approx(record.probabilities, abs=1e-6)
     assert again.provenance.predictions_recomputed["from"] == record.adapter
+    assert again.provenance.predictions_recomputed["added"] == ["predictions", "probabilities"]
     assert runner.recompute_predictions("smoke", tmp_path, learnable) == []  # nothing left to do
+    # a record with predictions but no probabilities (stored before they were) gets them, checked against
+    # its own predictions; one whose stored predictions the adapter does not reproduce is left alone
+    path.write_text(json.dumps(replace(record, probabilities=None).to_json()))
+    assert runner.recompute_predictions("smoke", tmp_path, learnable) == [path]
+    assert store.find(spec(smoke, "lora-r2", 0)).probabilities == pytest.approx(
+        record.probabilities, abs=1e-6
+    )
+    flipped = "".join("1" if c == "0" else "0" for c in record.predictions)
+    path.write_text(json.dumps(replace(record, probabilities=None, predictions=flipped).to_json()))
+    assert runner.recompute_predictions("smoke", tmp_path, learnable) == []
+    assert store.load(path).probabilities is None
 
 
 def test_isolated_runs_each_train_in_a_process_of_their_own(learnable, tmp_path, monkeypatch):
