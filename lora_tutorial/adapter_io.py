@@ -92,7 +92,6 @@ UNSUPPORTED = {
     "layer_replication": None,
     "lora_bias": False,
 }
-PEFT_INITS = (True, False, "gaussian", None)  # others (pissa, olora, ...) change the base weights too
 #: The LoRAConfig fields that change the function an adapter computes; an adapted model must agree on all.
 FUNCTION_FIELDS = ("r", "alpha", "rslora", "dora", "target_modules", "layers", "trainable")
 
@@ -116,11 +115,6 @@ def read_adapter_config(path: str | Path) -> LoRAConfig:
     for key, plain in UNSUPPORTED.items():
         if c.get(key) not in (plain, None):
             raise UsageError(f"{file} sets {key}={c[key]!r}, which this library does not implement.")
-    if c.get("init_lora_weights") not in PEFT_INITS:
-        raise UsageError(
-            f"{file} was initialised with init_lora_weights={c['init_lora_weights']!r}, which changes the "
-            "base weights too; this library loads only LoRA's own initialisations (True, 'gaussian')."
-        )
     try:
         return LoRAConfig.from_peft(c)
     except (ValueError, KeyError, TypeError) as e:

@@ -31,7 +31,7 @@ MODULE_SETS = {
     "qkvo-ffn": ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"),
 }  # qkvo-ffn: every linear layer of the encoder
 ALL_LINEAR = "qkvo-ffn"
-VARIANT_NAMES = ("lora", "rslora", "dora", "loraplus")
+VARIANT_NAMES = ("lora", "rslora", "dora", "loraplus", "pissa")
 #: What each kind's learning-rate sweep trains (on the ablation budget); the first three are the headline's.
 SWEEP_BASES = {
     "full": "full",
@@ -40,6 +40,7 @@ SWEEP_BASES = {
     "rslora": "rslora-r16",
     "dora": "dora-r16",
     "loraplus": "loraplus-r16",
+    "pissa": "pissa-r16",
 }
 #: The kinds the headline compares (full fine-tuning, LoRA on query and value, LoRA on every linear layer).
 HEADLINE_KINDS = tuple(SWEEP_BASES)[:3]
@@ -125,6 +126,7 @@ PROFILES = {
             "rslora": (1e-4, 3e-4, 1e-3, 3e-3),  # alpha / sqrt(r): 4x LoRA's scale at r = 16
             "dora": (3e-4, 1e-3, 3e-3, 1e-2),
             "loraplus": (1e-4, 3e-4, 1e-3),  # A's rate; B's is 16x
+            "pissa": (3e-5, 1e-4, 3e-4, 1e-3),  # A and B start at W's principal part, not at 0
         },
         scaling_sweep=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),  # one grid for every rule and rank: no rule favoured
     ),
@@ -145,13 +147,13 @@ def lr_text(lr: float) -> str:
 
 
 _NAME = re.compile(
-    r"(?:(full|head)|(lora|rslora|dora|loraplus)-r(\d+)(?:-(q|v|qv|qkvo-ffn|qkvo))?"
+    r"(?:(full|head)|(lora|rslora|dora|loraplus|pissa)-r(\d+)(?:-(q|v|qv|qkvo-ffn|qkvo))?"
     r"(?:-(lower|upper|layer\d+))?(?:-a(\d+(?:\.\d+)?))?)(?:-e(\d+))?(?:-n(\d+))?(?:@(.+))?"
 )
 #: How an experiment name is written (the error for an unknown name quotes it).
 GRAMMAR = (
     "full | head | lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn][-lower|-upper|-layer<i>][-a<alpha>][-e<epochs>]"
-    "[-n<examples>][@<lr>] (rslora-, dora-, loraplus- for lora-; no -a: alpha = 2r), e.g. lora-r16, "
+    "[-n<examples>][@<lr>] (rslora-, dora-, loraplus-, pissa- for lora-; no -a: alpha = 2r), e.g. lora-r16, "
     "lora-r8-layer3, lora-r4-a32, full@5e-5, lora-r8-upper-n20000"
 )
 
@@ -165,7 +167,9 @@ class Experiment:
     r: int | None = None
     target: str = "qv"
     layers: str = "all"  # "all", "lower", "upper" or a single layer index as a string
-    variant: str = "lora"  # "lora", "rslora" (alpha/sqrt(r)), "dora" or "loraplus" (B learns 16x faster)
+    variant: str = (
+        "lora"  # lora, rslora (alpha/sqrt r), dora, loraplus (B learns 16x faster), pissa (SVD init)
+    )
     alpha: float | None = (
         None  # None: alpha = 2r; else a fixed alpha (the scale is alpha/r, rslora alpha/sqrt r)
     )
@@ -300,6 +304,7 @@ class Experiment:
             trainable=HEAD,
             rslora=self.variant == "rslora",
             dora=self.variant == "dora",
+            init="pissa" if self.variant == "pissa" else "kaiming",
         )
 
 

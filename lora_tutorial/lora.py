@@ -16,7 +16,6 @@ from torch import nn
 
 from .errors import UsageError
 
-INITS = ("kaiming", "gaussian")
 CLASSIFIER_NAMES = ("classifier", "score")  # a sequence classifier's head, in BERT and in decoder models
 LORA_PARAMS = ("lora_A", "lora_B")  # the parameter names of a LoRA update (peft's names too)
 
@@ -38,8 +37,8 @@ def _check_hparams(r: int, alpha: float, dropout: float, init: str) -> None:
         raise UsageError(f"LoRA alpha must be > 0, got {alpha!r}; a common choice is alpha = 2 * r.")
     if not 0.0 <= dropout < 1.0:
         raise UsageError(f"LoRA dropout must be in [0, 1), got {dropout!r}; use 0.0 to disable it.")
-    if init not in INITS:
-        raise UsageError(f"Unknown LoRA init {init!r}; choose one of {INITS}.")
+    if init not in INITIALISERS:
+        raise UsageError(f"Unknown LoRA init {init!r}; choose one of {tuple(INITIALISERS)}.")
 
 
 class LoRADropout(nn.Dropout):
@@ -80,12 +79,8 @@ class LoRALinear(nn.Module):
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
-        """A random (Kaiming-uniform as in ``nn.Linear``, or N(0, 1/r^2)), B zero: the update starts at 0."""
-        if self.init == "kaiming":
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        else:
-            nn.init.normal_(self.lora_A, std=1 / self.r)
-        nn.init.zeros_(self.lora_B)
+        """Initialise A and B by the layer's ``init`` (see :data:`INITIALISERS`)."""
+        INITIALISERS[self.init](self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``W x + b + scaling * B A dropout(x)``; once merged, just the base layer."""
@@ -115,8 +110,27 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, merged={bool(self.merged)}"
 
 
+def kaiming_init(layer: LoRALinear) -> None:
+    """A Kaiming-uniform (as ``nn.Linear`` initialises its weight), B zero: the update starts at 0."""
+    nn.init.kaiming_uniform_(layer.lora_A, a=math.sqrt(5))
+    nn.init.zeros_(layer.lora_B)
+
+
+def gaussian_init(layer: LoRALinear) -> None:
+    """A drawn from N(0, 1/r^2), B zero."""
+    nn.init.normal_(layer.lora_A, std=1 / layer.r)
+    nn.init.zeros_(layer.lora_B)
+
+
+#: How a layer's A and B start, by name; a module may add one (pissa.py adds "pissa").
+INITIALISERS = {"kaiming": kaiming_init, "gaussian": gaussian_init}
+
 # The layer class of each variant; a variant module registers itself (dora.py adds "dora").
 VARIANTS: dict[str, type[LoRALinear]] = {"lora": LoRALinear}
+
+
+#: peft's init_lora_weights values and this library's name for each (False: peft's random B, for tests).
+PEFT_INITS = {True: "kaiming", False: "kaiming", None: "kaiming", "gaussian": "gaussian", "pissa": "pissa"}
 
 
 @dataclass
@@ -164,7 +178,7 @@ class LoRAConfig:
             "layers_to_transform": self.layers,
             "layers_pattern": "layer" if self.layers is not None else None,
             "use_rslora": self.rslora,
-            "init_lora_weights": "gaussian" if self.init == "gaussian" else True,
+            "init_lora_weights": True if self.init == "kaiming" else self.init,
             "modules_to_save": list(self.trainable) or None,
             "bias": "none",
             "fan_in_fan_out": False,
@@ -174,7 +188,13 @@ class LoRAConfig:
 
     @classmethod
     def from_peft(cls, c: dict) -> LoRAConfig:
-        """Read peft's ``adapter_config.json`` fields (a list of target modules, not a regex)."""
+        """Read peft's ``adapter_config.json`` fields (a list of target modules, not a regex). An
+        initialisation this library lacks (e.g. ``olora``, which changes the base weights) is refused."""
+        if c.get("init_lora_weights", True) not in PEFT_INITS:
+            raise UsageError(
+                f"init_lora_weights={c['init_lora_weights']!r} is not one of this library's initialisations "
+                f"({', '.join(map(repr, PEFT_INITS))})."
+            )
         if isinstance(c["target_modules"], str):
             raise UsageError(
                 f"target_modules is a regex ({c['target_modules']!r}); only a list of module names "
@@ -188,7 +208,7 @@ class LoRAConfig:
             target_modules=tuple(c["target_modules"]),
             layers=[layers] if isinstance(layers, int) else layers,
             rslora=bool(c.get("use_rslora", False)),
-            init="gaussian" if c.get("init_lora_weights") == "gaussian" else "kaiming",
+            init=PEFT_INITS[c.get("init_lora_weights", True)],
             trainable=tuple(c.get("modules_to_save") or ()),
             dora=bool(c.get("use_dora", False)),
         )

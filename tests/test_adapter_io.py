@@ -117,7 +117,7 @@ def test_an_adapted_model_takes_only_an_adapter_that_computes_the_same_function(
         ("alpha_pattern", {"query": 64}, "sets alpha_pattern"),
         ("rank_pattern", {"value": 2}, "sets rank_pattern"),
         ("bias", "all", "sets bias='all'"),
-        ("init_lora_weights", "pissa", "changes the base weights too"),
+        ("init_lora_weights", "olora", "init_lora_weights='olora' is not one of this library's"),
     ],
 )
 def test_a_peft_setting_this_library_lacks_is_refused_not_ignored(tiny, tmp_path, field, value, says):
