@@ -6,7 +6,7 @@ and a seed. An experiment's name is the short way to type it: ``lora-r16`` leave
 epochs and budget to the profile; once resolved against a profile the name says all of them,
 ``lora-r16-qv-e2@1e-3`` or ``lora-r8-qv-upper-e1-n20000@1e-3``, and parsing that name gives the same spec.
 
-LoRA's scale ``s`` in ``s * B A`` follows one of three rules (:data:`SCALING_RULES`): ``alpha = 2r``
+LoRA's scale ``s`` in ``s * B A`` follows one of three rules (``SCALING_RULES``): ``alpha = 2r``
 (``s`` = 2 at every rank: the study's default), ``alpha / r`` with a fixed alpha (``-a32``: the LoRA
 paper's), and ``alpha / sqrt(r)`` with a fixed alpha (``rslora-...-a8``). Two names that give the same
 scale at the same rank are one run: ``lora-r16-qv-a32`` and ``rslora-r16-qv-a8`` are both ``lora-r16-qv``.
@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from .errors import UsageError
-from .lora import LoRAConfig, lora_scaling
+from .lora import FFN, LoRAConfig, lora_scaling
 
 HEAD = ("classifier", "pooler")  # trained by every method (the embedded model's pooler was never trained)
 RANKS = (1, 4, 8, 16, 32)
@@ -29,6 +29,7 @@ MODULE_SETS = {
     "qv": ("query", "value"),
     "qkvo": ("query", "key", "value", "attention.output.dense"),
     "qkvo-ffn": ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"),
+    "ffn": FFN,  # the two feed-forward matrices only (a pattern: "output.dense" would match attention's too)
 }  # qkvo-ffn: every linear layer of the encoder
 ALL_LINEAR = "qkvo-ffn"
 VARIANT_NAMES = ("lora", "rslora", "dora", "loraplus", "pissa")
@@ -147,12 +148,12 @@ def lr_text(lr: float) -> str:
 
 
 _NAME = re.compile(
-    r"(?:(full|head)|(lora|rslora|dora|loraplus|pissa)-r(\d+)(?:-(q|v|qv|qkvo-ffn|qkvo))?"
+    r"(?:(full|head)|(lora|rslora|dora|loraplus|pissa)-r(\d+)(?:-(q|v|qv|qkvo-ffn|qkvo|ffn))?"
     r"(?:-(lower|upper|layer\d+))?(?:-a(\d+(?:\.\d+)?))?)(?:-e(\d+))?(?:-n(\d+))?(?:@(.+))?"
 )
 #: How an experiment name is written (the error for an unknown name quotes it).
 GRAMMAR = (
-    "full | head | lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn][-lower|-upper|-layer<i>][-a<alpha>][-e<epochs>]"
+    "full | head | lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn|-ffn][-lower|-upper|-layer<i>][-a<alpha>][-e<epochs>]"
     "[-n<examples>][@<lr>] (rslora-, dora-, loraplus-, pissa- for lora-; no -a: alpha = 2r), e.g. lora-r16, "
     "lora-r8-layer3, lora-r4-a32, full@5e-5, lora-r8-upper-n20000"
 )
@@ -202,7 +203,7 @@ class Experiment:
 
     @property
     def lora_alpha(self) -> float | None:
-        """The alpha LoRAConfig gets: the fixed one, else 2r."""
+        """The alpha given to LoRAConfig (the fixed one, else 2r)."""
         if self.method != "lora":
             return None
         return self.alpha if self.alpha is not None else 2 * self.r
@@ -337,12 +338,23 @@ def ablation(profile: Profile, name: str) -> str:
     return exp.name
 
 
+#: The suites trained on a profile's ablation budget: their experiments by name (``{i}``: once per layer).
+#: A new suite is one entry here, e.g. ``"ffn": ("lora-r4-ffn", "lora-r8-ffn", "lora-r16-ffn")``.
+ABLATIONS = {
+    "layers": ("lora-r8-qv", "lora-r8-lower", "lora-r8-upper", "lora-r8-layer{i}"),
+    "modules": ("lora-r8-q", "lora-r8-v", "lora-r8-qv", "lora-r8-qkvo", "lora-r8-qkvo-ffn"),
+    "variants": tuple(f"{v}-r16-qv" for v in VARIANT_NAMES),
+}
+
+
 def suites(profile: Profile, num_layers: int) -> dict[str, list[tuple[str, str]]]:
-    """Named groups of experiments as ``(label, name)`` pairs: headline, rank, layers, modules, variants, and
-    the learning-rate sweeps (``sweep``). The ablation suites train on the profile's ablation budget."""
+    """Named groups of experiments as ``(label, name)`` pairs: headline, rank, the ablations
+    (``ABLATIONS``, on the profile's ablation budget), the learning-rate sweeps (``sweep``) and the
+    scaling rules' sweeps (``scaling``)."""
 
     def ab(names):
-        return [(n, ablation(profile, n)) for n in names]
+        each = [n.format(i=i) for n in names for i in (range(num_layers) if "{i}" in n else [None])]
+        return [(n, ablation(profile, n)) for n in each]
 
     sweep = [
         (f"{base}@{lr_text(lr)}", ablation(profile, f"{base}@{lr_text(lr)}"))
@@ -361,12 +373,7 @@ def suites(profile: Profile, num_layers: int) -> dict[str, list[tuple[str, str]]
     return {
         "headline": [(n, n) for n in ("full", "lora-r16", f"lora-r4-{ALL_LINEAR}")],
         "rank": [(f"lora-r{r}", f"lora-r{r}") for r in RANKS],
-        "layers": ab(
-            ["lora-r8-qv", "lora-r8-lower", "lora-r8-upper"]
-            + [f"lora-r8-layer{i}" for i in range(num_layers)]
-        ),
-        "modules": ab([f"lora-r8-{t}" for t in MODULE_SETS]),
-        "variants": ab([f"{v}-r16-qv" for v in VARIANT_NAMES]),
+        **{name: ab(names) for name, names in ABLATIONS.items()},
         "sweep": sweep,
         "scaling": list(dict.fromkeys(scaling)),  # the r = 16 runs, shared by every rule, once
     }

@@ -79,7 +79,7 @@ class LoRALinear(nn.Module):
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
-        """Initialise A and B by the layer's ``init`` (see :data:`INITIALISERS`)."""
+        """Initialise A and B by the layer's ``init`` (see ``INITIALISERS``)."""
         INITIALISERS[self.init](self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +141,7 @@ class LoRAConfig:
     r: int = 8
     alpha: float = 16
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("query", "value")
+    target_modules: tuple[str, ...] | str = ("query", "value")  # names, or one pattern (a str; see matches)
     layers: list[int] | None = None
     rslora: bool = False
     init: str = "kaiming"
@@ -151,9 +151,20 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         _check_hparams(self.r, self.alpha, self.dropout, self.init)
         # a single name is one module, not its letters
-        self.target_modules = (
-            (self.target_modules,) if isinstance(self.target_modules, str) else tuple(self.target_modules)
-        )
+        if isinstance(self.target_modules, str):
+            try:
+                re.compile(self.target_modules)
+            except re.error as e:
+                raise UsageError(
+                    f"target_modules={self.target_modules!r} is not a valid pattern ({e})."
+                ) from None
+            if self.layers is not None:
+                raise UsageError(
+                    "target_modules is a pattern, which (as in peft) names the layers itself; drop layers= "
+                    "or give target_modules as a tuple of names."
+                )
+        else:
+            self.target_modules = tuple(self.target_modules)
         trainable = (self.trainable,) if isinstance(self.trainable, str) else self.trainable
         self.trainable = tuple(dict.fromkeys(trainable))
         if not self.target_modules:
@@ -174,7 +185,9 @@ class LoRAConfig:
             "r": self.r,
             "lora_alpha": self.alpha,
             "lora_dropout": self.dropout,
-            "target_modules": list(self.target_modules),
+            "target_modules": self.target_modules
+            if isinstance(self.target_modules, str)
+            else list(self.target_modules),
             "layers_to_transform": self.layers,
             "layers_pattern": "layer" if self.layers is not None else None,
             "use_rslora": self.rslora,
@@ -195,17 +208,12 @@ class LoRAConfig:
                 f"init_lora_weights={c['init_lora_weights']!r} is not one of this library's initialisations "
                 f"({', '.join(map(repr, PEFT_INITS))})."
             )
-        if isinstance(c["target_modules"], str):
-            raise UsageError(
-                f"target_modules is a regex ({c['target_modules']!r}); only a list of module names "
-                "is supported."
-            )
         layers = c.get("layers_to_transform")
         return cls(
             r=c["r"],
             alpha=c["lora_alpha"],
             dropout=c.get("lora_dropout", 0.0),
-            target_modules=tuple(c["target_modules"]),
+            target_modules=c["target_modules"],
             layers=[layers] if isinstance(layers, int) else layers,
             rslora=bool(c.get("use_rslora", False)),
             init=PEFT_INITS[c.get("init_lora_weights", True)],
@@ -237,16 +245,25 @@ def layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _matches(name: str, keys: tuple[str, ...]) -> bool:
-    """peft's rule: a key matches a module whose dotted name equals it or ends with ``.key``."""
+def matches(name: str, keys: tuple[str, ...] | str) -> bool:
+    """peft's rule, used everywhere a module is picked: a tuple of keys matches a module whose dotted name
+    equals one or ends with ``.key`` (whole components: ``query`` never matches ``...key_query``); a str
+    is a pattern the whole name must match (``re.fullmatch``), for sets a suffix cannot express, such as
+    the feed-forward layers without attention's output (:data:`FFN`)."""
+    if isinstance(keys, str):
+        return re.fullmatch(keys, name) is not None
     return any(name == k or name.endswith(f".{k}") for k in keys)
+
+
+#: BERT's two feed-forward matrices in every layer, not the attention output's ``attention.output.dense``.
+FFN = r".*\.layer\.\d+\.(intermediate|output)\.dense"
 
 
 def train_only(model: nn.Module, names: tuple[str, ...]) -> nn.Module:
     """Freeze ``model`` except the modules matching ``names`` (e.g. the head, for head-only training)."""
     model.requires_grad_(False)
     for name, m in model.named_modules():
-        if _matches(name, names):
+        if matches(name, names):
             m.requires_grad_(True)
     return model
 
@@ -281,16 +298,22 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
         (name, m)
         for name, m in model.named_modules()
         if isinstance(m, nn.Linear)
-        and _matches(name, config.target_modules)
+        and matches(name, config.target_modules)
         and (config.layers is None or layer_index(name) in config.layers)
     ]
     if not targets:
+        if isinstance(config.target_modules, str):
+            raise UsageError(
+                f"No nn.Linear matched target_modules={config.target_modules!r}, a pattern the whole module "
+                "name must match (peft's rule for a str); give names as a tuple, e.g. ('query',), or a "
+                r"pattern such as r'.*\.query'."
+            )
         raise UsageError(
             f"No nn.Linear matched target_modules={list(config.target_modules)}; "
             "print(model) to see the module names (BERT uses query, key, value, dense)."
         )
     names = [name for name, _ in model.named_modules()]
-    unmatched = [k for k in config.trainable if not any(_matches(name, (k,)) for name in names)]
+    unmatched = [k for k in config.trainable if not any(matches(name, (k,)) for name in names)]
     if any(k in CLASSIFIER_NAMES and k not in unmatched for k in config.trainable):  # peft lists both names
         unmatched = [k for k in unmatched if k not in CLASSIFIER_NAMES]
     if unmatched:
@@ -311,7 +334,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
         )
         summary.wrapped.append(name)
     for name, m in model.named_modules():
-        if config.trainable and _matches(name, config.trainable) and not isinstance(m, LoRALinear):
+        if config.trainable and matches(name, config.trainable) and not isinstance(m, LoRALinear):
             m.requires_grad_(True)
             summary.trainable.append(name)
 

@@ -1,5 +1,6 @@
 """LoRALinear and apply_lora/merge_lora: init, scaling, merging, freezing, errors."""
 
+import copy
 import math
 
 import pytest
@@ -8,7 +9,7 @@ from helpers import randomize_lora
 from torch import nn
 
 from lora_tutorial import LoRAConfig, LoRALinear, apply_lora, lora_layers, merge_lora, remove_lora
-from lora_tutorial.lora import is_lora_param
+from lora_tutorial.lora import FFN, is_lora_param
 
 
 def make_layer(**kw):
@@ -178,11 +179,36 @@ def test_no_module_matched(tiny):
     assert all(p.requires_grad for p in tiny.parameters())
 
 
-def test_a_single_target_or_trainable_name_is_one_module_not_its_letters(tiny):
-    summary = apply_lora(tiny, LoRAConfig(target_modules="query", trainable="classifier"))
-    assert tiny.lora_config.target_modules == ("query",)
+def test_a_target_string_is_a_whole_name_pattern_not_its_letters(tiny):
+    with pytest.raises(
+        ValueError, match=r"target_modules='query', a pattern the whole module name must match"
+    ):
+        apply_lora(tiny, LoRAConfig(target_modules="query"))
+    summary = apply_lora(tiny, LoRAConfig(target_modules=r".*\.query", trainable="classifier"))
     assert len(summary.wrapped) == 2  # one query per layer
     assert summary.trainable == ["classifier"]
+    with pytest.raises(ValueError, match="names the layers itself"):
+        LoRAConfig(target_modules=FFN, layers=[0])
+
+
+def test_the_ffn_set_wraps_exactly_the_two_feed_forward_matrices_per_layer(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    suffix = apply_lora(
+        copy.deepcopy(tiny), LoRAConfig(target_modules=("intermediate.dense", "output.dense"))
+    )
+    assert any(n.endswith("attention.output.dense") for n in suffix.wrapped)  # why a suffix cannot say it
+    config = LoRAConfig(target_modules=FFN)
+    theirs = get_peft_model(copy.deepcopy(tiny), LoraConfig(**config.to_peft()))
+    wrapped = apply_lora(tiny, config).wrapped
+    assert wrapped == [
+        f"bert.encoder.layer.{i}.{m}.dense" for i in range(2) for m in ("intermediate", "output")
+    ]
+    peft_wrapped = [
+        n.removeprefix("base_model.model.") for n, m in theirs.named_modules() if hasattr(m, "lora_A")
+    ]
+    assert peft_wrapped == wrapped  # the same rule as peft's
+    assert LoRAConfig.from_peft(config.to_peft()) == config
 
 
 def test_a_misspelt_trainable_module_is_an_error_not_an_untrained_head(tiny):

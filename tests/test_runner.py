@@ -252,6 +252,17 @@ def test_the_scaling_suite_sweeps_every_rule_and_rank_on_one_grid():
     assert all((r.epochs, r.train_examples) == (1, cpu.ablation_train_limit) for r in runs)
 
 
+def test_a_new_suite_is_one_table_entry(monkeypatch):
+    from lora_tutorial import experiments
+
+    monkeypatch.setitem(experiments.ABLATIONS, "ffn", ("lora-r4-ffn", "lora-r8-ffn", "lora-r16-ffn"))
+    specs = runner.resolve("cpu", ["ffn"], [0, 1])
+    assert [(s.experiment.name, s.seed) for s in specs] == [
+        (f"lora-r{r}-ffn-e1-n20000@1e-3", seed) for r in (4, 8, 16) for seed in (0, 1)
+    ]
+    assert specs[0].experiment.lora_config(6, 0.1).target_modules == experiments.FFN
+
+
 def test_suites_state_their_budget():
     cpu = PROFILES["cpu"]
     table = suites(cpu, 6)
