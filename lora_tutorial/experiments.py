@@ -75,6 +75,9 @@ class Profile:
     sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)  # learning rates tried, per kind
     sweep_seeds: tuple[int, ...] = (0, 1)  # the seeds a sweep and the epoch rule compare (others: ignored)
     scaling_sweep: tuple[float, ...] = ()  # learning rates tried for every scaling rule and rank
+    weight_decay: float = 0.01  # AdamW's, on every matrix (not biases or LayerNorm weights)
+    warmup_ratio: float = 0.06  # share of the steps over which the rate rises linearly, then falls to 0
+    max_grad_norm: float = 1.0  # gradient clipping
 
     def fixed_settings(self, method: str) -> dict:
         """The settings every run of ``method`` shares in this profile (not part of an experiment's name):
@@ -84,6 +87,9 @@ class Profile:
             "batch_size": self.batch_size,
             "max_length": self.max_length,
             "eval_limit": self.eval_limit,
+            "weight_decay": self.weight_decay,
+            "warmup_ratio": self.warmup_ratio,
+            "max_grad_norm": self.max_grad_norm,
         }
         return out | ({"lora_dropout": self.lora_dropout} if method == "lora" else {})
 

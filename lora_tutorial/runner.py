@@ -91,6 +91,9 @@ def run_one(
         lr_ratio_b=exp.lr_ratio_b,
         epochs=exp.epochs,
         batch_size=profile.batch_size,
+        weight_decay=profile.weight_decay,
+        warmup_ratio=profile.warmup_ratio,
+        max_grad_norm=profile.max_grad_norm,
         seed=run.seed,
         progress=progress,
     )

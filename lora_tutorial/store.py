@@ -196,10 +196,12 @@ class RunRecord:
 
 
 def is_stale(record: RunRecord, profile: Profile) -> bool:
-    """Made with fixed settings (model, batch size, sequence length, evaluation set, LoRA dropout) other
-    than the profile's now."""
+    """Made with fixed settings (model, batch size, sequence length, evaluation set, optimiser settings, LoRA
+    dropout) other than the profile's now. A setting a record's ``settings`` lack (stored before it was a
+    profile field) is read from the hyper-parameters the run recorded."""
     fixed = profile.fixed_settings(record.config["method"])
-    return any(record.settings.get(k, KeyError) != v for k, v in fixed.items())
+    recorded = record.config.get("hyperparameters", {})
+    return any(record.settings.get(k, recorded.get(k, KeyError)) != v for k, v in fixed.items())
 
 
 CONTENTION_MARGIN = 0.5  # cores: a run's own threads load the machine to about its core count

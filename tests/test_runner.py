@@ -84,6 +84,17 @@ def test_a_run_depends_only_on_its_own_fixed_settings(learnable, tmp_path, monke
     assert store.find(spec(other_dropout, "head", 0))
     assert not store.find(spec(other_dropout, "lora-r2", 0))
     assert not store.find(spec(replace(smoke, batch_size=8), "head", 0))
+    for optimiser in (dict(weight_decay=0.1), dict(warmup_ratio=0.0), dict(max_grad_norm=5.0)):
+        assert not store.find(spec(replace(smoke, **optimiser), "head", 0))
+    # a record stored before these were profile settings: read from the hyper-parameters it recorded
+    path = store.path(spec(smoke, "head", 0))
+    record = store.load(path)
+    older = {
+        k: v for k, v in record.settings.items() if k not in ("weight_decay", "warmup_ratio", "max_grad_norm")
+    }
+    path.write_text(json.dumps(replace(record, settings=older).to_json()))
+    assert store.find(spec(smoke, "head", 0))
+    assert not store.find(spec(replace(smoke, weight_decay=0.1), "head", 0))
 
 
 def test_lora_run_saves_a_loadable_adapter(learnable, tmp_path):
