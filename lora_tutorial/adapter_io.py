@@ -83,7 +83,7 @@ def save_adapter(model: nn.Module, path: str | Path, task_type: str = "SEQ_CLS")
     return path
 
 
-#: peft fields that change what an adapter computes and that this library does not implement: refused.
+#: peft fields that change what an adapter computes and that this library does not implement, refused.
 UNSUPPORTED = {
     "alpha_pattern": {},
     "rank_pattern": {},

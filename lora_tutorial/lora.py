@@ -129,7 +129,8 @@ INITIALISERS = {"kaiming": kaiming_init, "gaussian": gaussian_init}
 VARIANTS: dict[str, type[LoRALinear]] = {"lora": LoRALinear}
 
 
-#: peft's init_lora_weights values and this library's name for each (False: peft's random B, for tests).
+#: This library's name for each of peft's init_lora_weights values (False, peft's random B for tests, reads
+#: as kaiming).
 PEFT_INITS = {True: "kaiming", False: "kaiming", None: "kaiming", "gaussian": "gaussian", "pissa": "pissa"}
 
 

@@ -54,8 +54,8 @@ def default_results() -> Path:
 
 @dataclass(frozen=True)
 class DataUsed:
-    """What a run trained and was evaluated on: a SHA-256 per split (see :func:`data.fingerprint`), the
-    number of training examples and the validation labels in order."""
+    """What a run trained and was evaluated on: a SHA-256 per split (see
+    :func:`lora_tutorial.data.fingerprint`), the number of training examples and the validation labels."""
 
     sha256: dict[str, str]
     train_examples: int
