@@ -13,7 +13,16 @@ from datasets.utils.logging import disable_progress_bar
 
 from . import stats
 from .errors import UsageError
-from .experiments import HEADLINE_KINDS, PROFILES, SWEEP_BASES, Experiment, ablation, suites
+from .experiments import (
+    HEADLINE_KINDS,
+    PROFILES,
+    RANKS,
+    SCALING_RULES,
+    SWEEP_BASES,
+    Experiment,
+    ablation,
+    suites,
+)
 from .models import layer_count
 from .plotting import book_style
 from .runner import run_suite
@@ -209,6 +218,55 @@ def best_rates(table: pd.DataFrame) -> pd.DataFrame:
     if "full" in out.index:
         out["over full's"] = out["best lr"] / out.loc["full", "best lr"]
     return out
+
+
+def scaling_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The scaling rules' sweeps (``runs``: rows of a results table), one row per rule, rank and rate:
+    seeds, mean accuracy and its interval, and whether the rate is the rule's best at that rank or, paired
+    on the validation sentences, not detectably worse (``flat``: the region near the peak). A run at
+    r = 16, where the three rules give the same scale, counts for each."""
+    rows = []
+    for label, template in SCALING_RULES.items():
+        for r in RANKS:
+            rule = Experiment.parse(template.format(r=r)).scaling_rule
+            mine = runs[
+                [
+                    Experiment.parse(n).r == r and Experiment.parse(n).scaling_rule == rule
+                    for n in runs["name"]
+                ]
+            ]
+            if not len(mine):
+                continue
+            mine = mine.assign(experiment=mine["name"])
+            means = {n: 100 * g["validation_accuracy"].mean() for n, g in mine.groupby("name")}
+            best = max(means, key=means.get)
+            rates = sorted(Experiment.parse(n).lr for n in means)
+            for name in means:
+                i = stats.accuracy(mine, name)
+                lr = Experiment.parse(name).lr
+                rows.append(
+                    {
+                        "rule": label,
+                        "r": r,
+                        "lr": lr,
+                        "seeds": len(i.seeds),
+                        "accuracy (%)": i.mean,
+                        "low": i.low,
+                        "high": i.high,
+                        "best": name == best,
+                        "at the edge": name == best and lr in (rates[0], rates[-1]),
+                        "flat": name == best or stats.difference(mine, best, name).contains_zero,
+                    }
+                )
+    return pd.DataFrame(rows).sort_values(["rule", "r", "lr"], kind="stable").reset_index(drop=True)
+
+
+def scaling_sweep(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
+    """:func:`scaling_table` of the profile's stored ``scaling`` suite, on its sweep seeds."""
+    runs = _compared_runs(profile, results)
+    if not len(runs):
+        return pd.DataFrame()
+    return scaling_table(runs[runs["name"].isin(suite_labels(profile, ["scaling"]))])
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,19 @@
 
 from dataclasses import replace
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from lora_tutorial import runner, stats
-from lora_tutorial.experiments import HEADLINE_KINDS, PROFILES, SWEEP_BASES, Experiment, lr_text
+from lora_tutorial import report, runner, stats
+from lora_tutorial.experiments import (
+    HEADLINE_KINDS,
+    PROFILES,
+    SCALING_RULES,
+    SWEEP_BASES,
+    Experiment,
+    lr_text,
+)
 from lora_tutorial.report import (
     brief,
     choose,
@@ -146,3 +155,38 @@ def test_the_cpu_profile_uses_what_its_stored_sweeps_chose():
         assert exp.lr == c.lr, f"{c.kind}: the profile trains at {exp.lr:g}, the sweeps chose {c.lr:g}"
         if c.kind in HEADLINE_KINDS and c.epochs:
             assert exp.epochs == c.epochs, f"{c.kind}: {exp.epochs} epochs, the rule chose {c.epochs}"
+
+
+def test_the_scaling_table_finds_each_rules_best_rate_and_its_flat_region():
+    labels = "".join(np.random.default_rng(0).choice(["0", "1"], 400))
+
+    def right_on(first: int, last: int) -> str:  # predictions right on sentences first..last-1 only
+        return "".join(y if first <= i < last else str(1 - int(y)) for i, y in enumerate(labels))
+
+    # 1e-3 best (90 %); 1e-2 two sentences behind, disagreeing on six (not detectably worse); 1e-4 at 70 %
+    runs = {1e-4: right_on(0, 280), 1e-3: right_on(0, 360), 1e-2: right_on(4, 362)}
+    df = pd.DataFrame(
+        [
+            {
+                "name": f"{base}-e1-n20000@{lr_text(lr)}",
+                "seed": seed,
+                "validation_labels": labels,
+                "predictions": p,
+            }
+            for base in ("lora-r4-qv", "lora-r4-qv-a32", "lora-r16-qv")
+            for lr, p in runs.items()
+            for seed in (0, 1)
+        ]
+    )
+    df["validation_accuracy"] = [
+        sum(p == y for p, y in zip(row, labels)) / len(labels) for row in df["predictions"]
+    ]
+    table = report.scaling_table(df)
+    best = table[table["best"]]
+    assert set(zip(best["rule"], best["r"])) == {
+        (rule, r) for rule in SCALING_RULES for r in (4, 16) if r == 16 or "sqrt" not in rule
+    }  # r = 16 counts for every rule; rsLoRA has no r = 4 runs here
+    assert set(best["lr"]) == {1e-3}
+    assert not best["at the edge"].any()
+    flat = table[(table["rule"] == "alpha = 2r") & (table["r"] == 4)].set_index("lr")["flat"]
+    assert flat.to_dict() == {1e-4: False, 1e-3: True, 1e-2: True}
