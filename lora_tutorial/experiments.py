@@ -355,7 +355,8 @@ def ablation(profile: Profile, name: str) -> str:
 ABLATIONS = {
     "layers": ("lora-r8-qv", "lora-r8-lower", "lora-r8-upper", "lora-r8-layer{i}"),
     "modules": ("lora-r8-q", "lora-r8-v", "lora-r8-qv", "lora-r8-qkvo", "lora-r8-qkvo-ffn"),
-    "variants": tuple(f"{v}-r16-qv" for v in VARIANT_NAMES),
+    # each variant at the rate its own sweep chose (pissa joins once its sweep has run and chosen one)
+    "variants": tuple(f"{v}-r16-qv" for v in VARIANT_NAMES if v != "pissa"),
 }
 
 

@@ -47,6 +47,34 @@ def setup_chapter() -> str:
     return os.environ.get(PROFILE_ENV, "cpu")
 
 
+VARIANT_LABELS = {"lora": "LoRA", "rslora": "rsLoRA", "dora": "DoRA", "loraplus": "LoRA+", "pissa": "PiSSA"}
+TARGET_LABELS = {
+    "q": "query",
+    "v": "value",
+    "qv": "query and value",
+    "qkvo": "query, key, value and output",
+    "qkvo-ffn": "every linear layer",
+    "ffn": "the feed-forward layers",
+}
+
+
+def label(name: str) -> str:
+    """A reader's label for an experiment (a name, a suite's short name, or a sweep's kind):
+    ``lora-r8-qv-layer3`` is "LoRA r = 8, query and value, layer 3". Rates, epochs and budgets are left
+    out: a table or axis says them."""
+    if name in SWEEP_BASES and name not in ("full",):
+        name = SWEEP_BASES[name]
+    exp = Experiment.parse(name)
+    if exp.method != "lora":
+        return {"full": "full fine-tuning", "head": "head only"}[exp.method]
+    parts = [f"{VARIANT_LABELS[exp.variant]} r = {exp.r}", TARGET_LABELS[exp.target]]
+    if exp.layers != "all":
+        parts.append(f"layer {exp.layers}" if exp.layers.isdigit() else f"{exp.layers} half")
+    if exp.alpha is not None:
+        parts.append(f"α = {exp.alpha:g}")
+    return ", ".join(parts)
+
+
 def suite_labels(profile: str, names: list[str]) -> dict[str, str]:
     """The runs of some suites of a profile: ``{resolved experiment name: the label the suite gives it}``."""
     prof = PROFILES[profile]
