@@ -190,3 +190,20 @@ def test_the_scaling_table_finds_each_rules_best_rate_and_its_flat_region():
     assert not best["at the edge"].any()
     flat = table[(table["rule"] == "alpha = 2r") & (table["r"] == 4)].set_index("lr")["flat"]
     assert flat.to_dict() == {1e-4: False, 1e-3: True, 1e-2: True}
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("full", "full fine-tuning"),
+        ("lora-r16", "LoRA r = 16, query and value"),
+        ("lora-r8-qv-layer3-e1-n20000@1e-3", "LoRA r = 8, query and value, layer 3"),
+        ("lora-r8-upper", "LoRA r = 8, query and value, upper half"),
+        ("lora-r4-qkvo-ffn", "LoRA r = 4, every linear layer"),
+        ("rslora-r4-qv-a8@1e-3", "rsLoRA r = 4, query and value, α = 8"),
+        ("lora-qkvo-ffn", "LoRA r = 4, every linear layer"),  # a sweep's kind
+        ("loraplus", "LoRA+ r = 16, query and value"),
+    ],
+)
+def test_every_experiment_has_a_readers_label_without_its_id(name, says):
+    assert report.label(name) == says
