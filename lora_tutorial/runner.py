@@ -18,11 +18,12 @@ from accelerate import Accelerator
 from datasets import DatasetDict
 
 from .adapter_io import load_adapter, save_adapter
-from .data import fingerprint, load_sst2, tokenize
+from .data import LengthGroupedBatches, fingerprint, load_sst2, padding_fraction, random_batches, tokenize
 from .errors import UsageError
 from .experiments import HEAD, PROFILES, Profile, RunSpec, expand, spec
 from .lora import apply_lora, lora_scaling, train_only
 from .models import layer_count, load_model, load_tokenizer
+from .monitor import ResourceMonitor
 from .params import count_parameters
 from .store import CHILD_ENV, DataUsed, Memory, Params, Provenance, ResultStore, RunRecord, Timing, now
 from .train import TrainConfig, distributed_state, make_loaders, predict, train
@@ -98,7 +99,11 @@ def run_one(
         progress=progress,
     )
     lora = getattr(model, "lora_config", None)
-    out = train(model, data, tokenizer, cfg)
+    with ResourceMonitor(torch.device("cuda" if torch.cuda.is_available() else "cpu")) as monitor:
+        out = train(model, data, tokenizer, cfg)
+    lengths = data["train"]["length"]  # how much padding length-grouped batches save over random ones
+    grouped = padding_fraction(lengths, iter(LengthGroupedBatches(lengths, cfg.batch_size, seed=cfg.seed)))
+    shuffled = padding_fraction(lengths, iter(random_batches(len(lengths), cfg.batch_size, cfg.seed)))
     config = {
         "experiment": exp.name,
         "method": exp.method,
@@ -136,12 +141,12 @@ def run_one(
             out.examples_per_second,
             started,
             now(),
-            out.padding_fraction,
-            out.padding_fraction_random,
+            grouped,
+            shuffled,
             list(os.getloadavg()),
-            out.mean_load,
+            monitor.mean_load,
         ),
-        memory=Memory(out.peak_memory_bytes, 0 if out.device.startswith("cuda") else baseline),
+        memory=Memory(monitor.peak, 0 if out.device.startswith("cuda") else baseline),
         provenance=Provenance(
             **{
                 **vars(provenance),

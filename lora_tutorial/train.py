@@ -4,12 +4,9 @@ data parallelism under ``accelerate launch``."""
 from __future__ import annotations
 
 import math
-import os
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-import psutil
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -19,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from .data import LengthGroupedBatches, padding_fraction, random_batches
+from .data import LengthGroupedBatches
 from .errors import LossDiverged
 
 
@@ -49,69 +46,21 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a run measured: per-epoch accuracy and timing, the loss curve, peak memory."""
+    """What a run measured: per-epoch accuracy, loss and time, the loss curve, the last predictions."""
 
+    device: str = "cpu"
+    mixed_precision: str = "no"
+    num_processes: int = 1
     history: list[dict] = field(default_factory=list)
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
     train_seconds_per_epoch: float = 0.0
     examples_per_second: float = 0.0
-    peak_memory_bytes: int = 0
-    padding_fraction: float = 0.0  # share of padding tokens with length-grouped batches
-    padding_fraction_random: float = 0.0  # the same with plain shuffled batches
-    device: str = "cpu"
-    mixed_precision: str = "no"
-    num_processes: int = 1
-    predictions: list[int] = field(
-        default_factory=list
-    )  # last epoch's predicted label per validation example
-    probabilities: list[float] = field(
-        default_factory=list
-    )  # last epoch's P(positive) per validation example
-    mean_load: float = 0.0  # mean 1-minute load average while training (CPU); its own threads count too
+    predictions: list[int] = field(default_factory=list)  # the last epoch's label per validation example
+    probabilities: list[float] = field(default_factory=list)  # the last epoch's P(positive) per example
 
     @property
     def validation_accuracy(self) -> float:
         return self.history[-1]["validation_accuracy"]
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"validation_accuracy": self.validation_accuracy}
-
-
-class ResourceMonitor:
-    """Peak memory while the block runs (CUDA max allocated, or on CPU the process's peak RSS, sampled)
-    and the machine's mean 1-minute load average over the block (other work on the machine raises it)."""
-
-    def __init__(self, device: torch.device, every: float = 0.05) -> None:
-        self.device, self.every, self.peak, self.loads = device, every, 0, []
-
-    @property
-    def mean_load(self) -> float:
-        return sum(self.loads) / len(self.loads) if self.loads else os.getloadavg()[0]
-
-    def __enter__(self) -> ResourceMonitor:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        process, ticks = psutil.Process(), 0
-        while not self._stop.wait(self.every):
-            self.peak = max(self.peak, process.memory_info().rss)
-            ticks += 1
-            if ticks % 100 == 0:  # every 5 s
-                self.loads.append(os.getloadavg()[0])
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, psutil.Process().memory_info().rss)
 
 
 def make_loaders(
@@ -202,7 +151,6 @@ def train(
     """Fine-tune ``model`` (whatever is trainable in it) on tokenized ``data``; evaluate every epoch."""
     set_seed(cfg.seed)
     cuda = torch.cuda.is_available()
-    distributed_state()
     # split_batches: each batch is cut across processes, so N processes train exactly like one.
     precision = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
     accelerator = Accelerator(
@@ -215,53 +163,39 @@ def train(
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
     )
-    lengths = data["train"]["length"]
-    result = TrainResult(
-        device=str(accelerator.device),
-        mixed_precision=accelerator.mixed_precision,
-        num_processes=accelerator.num_processes,
-        padding_fraction=padding_fraction(
-            lengths, iter(LengthGroupedBatches(lengths, cfg.batch_size, seed=cfg.seed))
-        ),
-        padding_fraction_random=padding_fraction(
-            lengths, iter(random_batches(len(lengths), cfg.batch_size, cfg.seed))
-        ),
-    )
+    result = TrainResult(str(accelerator.device), accelerator.mixed_precision, accelerator.num_processes)
     trainable = [p for p in model.parameters() if p.requires_grad]
     epoch_seconds, step = [], 0
     model.train()
-    labels = data["validation"]["label"]
-    with ResourceMonitor(accelerator.device) as monitor:
-        for epoch in range(cfg.epochs):
-            bar = tqdm(
-                train_loader,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                disable=not (cfg.progress and accelerator.is_main_process),
-            )
-            start = time.perf_counter()
-            for batch in bar:
-                loss = model(**batch).loss
-                if not torch.isfinite(loss):
-                    raise LossDiverged(
-                        f"The loss diverged (became {loss.item()}) at step {step} (epoch {epoch + 1}); "
-                        f"lower the learning rate (now {cfg.lr:g}) and run again."
-                    )
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if step % cfg.log_every == 0 or step == 1:
-                    value = accelerator.reduce(loss.detach(), "mean").item()
-                    result.loss_curve.append((step, value))
-                    bar.set_postfix(loss=f"{value:.4f}")
-            epoch_seconds.append(time.perf_counter() - start)
-            scores = evaluate(model, val_loader, accelerator, labels)
-            result.predictions, result.probabilities = scores.pop("predictions"), scores.pop("probabilities")
-            result.history.append({"epoch": epoch + 1, "train_seconds": epoch_seconds[-1], **scores})
+    for epoch in range(cfg.epochs):
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress and accelerator.is_main_process),
+        )
+        start = time.perf_counter()
+        for batch in bar:
+            loss = model(**batch).loss
+            if not torch.isfinite(loss):
+                raise LossDiverged(
+                    f"The loss diverged (became {loss.item()}) at step {step} (epoch {epoch + 1}); "
+                    f"lower the learning rate (now {cfg.lr:g}) and run again."
+                )
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % cfg.log_every == 0 or step == 1:
+                value = accelerator.reduce(loss.detach(), "mean").item()
+                result.loss_curve.append((step, value))
+                bar.set_postfix(loss=f"{value:.4f}")
+        epoch_seconds.append(time.perf_counter() - start)
+        scores = evaluate(model, val_loader, accelerator, data["validation"]["label"])
+        result.predictions, result.probabilities = scores.pop("predictions"), scores.pop("probabilities")
+        result.history.append({"epoch": epoch + 1, "train_seconds": epoch_seconds[-1], **scores})
     result.train_seconds_per_epoch = sum(epoch_seconds) / len(epoch_seconds)
     result.examples_per_second = len(data["train"]) / result.train_seconds_per_epoch
-    result.peak_memory_bytes, result.mean_load = monitor.peak, monitor.mean_load
     accelerator.free_memory()
     return result
