@@ -334,7 +334,12 @@ class RunSpec:
     @property
     def stem(self) -> str:
         """The stored file's name without extension; it says which experiment, settings and seed it holds."""
-        return f"{self.experiment.name}__seed{self.seed}"
+        return run_stem(self.experiment.name, self.seed)
+
+
+def run_stem(experiment: str, seed: int) -> str:
+    """The one rule for a run's file name (without extension): ``lora-r16-qv-e2@1e-3__seed0``."""
+    return f"{experiment}__seed{seed}"
 
 
 def spec(profile: Profile, name: str, seed: int, label: str | None = None) -> RunSpec:

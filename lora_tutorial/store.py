@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from .errors import UsageError
-from .experiments import PROFILES, Experiment, Profile, RunSpec, suites
+from .experiments import PROFILES, Experiment, Profile, RunSpec, run_stem, suites
 from .models import layer_count
 
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "peft", "lora-tutorial")
@@ -308,7 +308,7 @@ class ResultStore:
     def write(self, record: RunRecord, save_adapter: Callable[[Path], object] | None = None) -> Path:
         """Store ``record`` (and its adapter, written by ``save_adapter(folder)``), moving aside any
         earlier record of the same run."""
-        path = self.folder / f"{record.experiment}__seed{record.seed}.json"
+        path = self.folder / f"{run_stem(record.experiment, record.seed)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.supersede(path)
         if save_adapter is not None:

@@ -74,6 +74,7 @@ def page(html: Path, chapter: Path) -> BeautifulSoup:
     return BeautifulSoup((html / "book" / f"{chapter.stem}.html").read_text(), "html.parser")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_has_figures_and_no_errors(html, chapter):
     soup = page(html, chapter)
@@ -96,6 +97,7 @@ def test_chapter_has_figures_and_no_errors(html, chapter):
     assert soup.select(".dropdown"), "no hidden solutions"
 
 
+@pytest.mark.slow
 def test_math_is_served_locally(html):
     assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
     scripts = [s.get("src", "") for s in page(html, CHAPTERS[0]).find_all("script")]
@@ -138,6 +140,7 @@ def chromium():
     return exe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
 def test_math_renders_in_a_browser(html, chromium, chapter):
     url = (html / "book" / f"{chapter.stem}.html").as_uri()

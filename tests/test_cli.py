@@ -29,6 +29,7 @@ def test_a_mistake_prints_one_line_and_exits_2(args, says, tmp_path, capsys):
     assert says in err
 
 
+@pytest.mark.slow
 def test_a_mistake_in_a_real_shell_is_one_line_without_a_traceback(tmp_path):
     out = cli("run", "--experiments", "lora-r8-uper", "--results", str(tmp_path))
     assert out.returncode == 2
@@ -57,6 +58,7 @@ def test_results_of_an_empty_profile_say_how_to_make_them(tmp_path, capsys):
     assert "python -m lora_tutorial run --profile smoke" in out
 
 
+@pytest.mark.slow
 def test_runs_made_in_their_own_processes_come_back_as_json(learnable, tmp_path):
     data = ["--data", str(learnable), "--results", str(tmp_path), "--no-progress"]
     made = cli("run", "--experiments", "lora-r2-e1", "--seeds", "3", "4", *data)  # two runs: two processes

@@ -118,6 +118,7 @@ def test_a_damaged_record_is_named_skipped_where_read_and_kept_where_rewritten(l
     assert len(kept.read_text()) == 200
 
 
+@pytest.mark.slow
 def test_two_commands_at_once_share_the_work_and_lose_nothing(learnable, tmp_path):
     args = command(learnable, tmp_path, "--experiments", "head-e1", "lora-r2-e1", "--seeds", "0", "1")
     both = [
@@ -132,6 +133,7 @@ def test_two_commands_at_once_share_the_work_and_lose_nothing(learnable, tmp_pat
         assert len(out.splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_killing_the_command_ends_the_run_it_started(learnable, tmp_path):
     args = command(learnable, tmp_path, "--experiments", "full", "head", "--seeds", "0")  # two: a child each
     parent = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -145,6 +147,7 @@ def test_killing_the_command_ends_the_run_it_started(learnable, tmp_path):
     assert not list((tmp_path / "smoke").glob("*.json"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_that_says_how_to_resume(learnable, tmp_path):
     args = command(learnable, tmp_path, "--experiments", "full-e3", "--seeds", "0")  # one run: no child
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

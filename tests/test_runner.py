@@ -117,6 +117,7 @@ def test_same_seed_same_metrics(learnable, tmp_path):
     assert a.accuracy >= 0.9  # a LoRA run that learned
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill(learnable, tmp_path, monkeypatch):
     monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs={"head": 1, "lora": 1}))
     real_train, calls = runner.train, []
@@ -307,6 +308,7 @@ def test_loraplus_gives_b_a_larger_learning_rate(tiny):
     assert all(g["lr"] == pytest.approx(1e-3) for g in groups if g is not b_group)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(learnable, tmp_path):
     args = [
         "-m",

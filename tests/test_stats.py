@@ -25,6 +25,7 @@ def population_accuracy(skill):
     )
 
 
+@pytest.mark.slow
 def test_interval_covers_a_known_difference_at_least_95_percent_of_the_time_and_is_not_much_wider():
     rng, covered, widths, estimates, trials = np.random.default_rng(1), 0, [], [], 200
     truth = population_accuracy(0.3) - population_accuracy(0.0)
@@ -57,6 +58,7 @@ def population_log_loss(skill):
     return np.log1p(np.exp(-logit)).mean()
 
 
+@pytest.mark.slow
 def test_the_log_loss_interval_has_the_right_width_and_covers_a_known_difference():
     """Log-loss differences between seeds matter more than accuracy's, so with 3 seeds the seed term
     dominates: the interval's width then matches the estimate's true spread (the seeds' variance is
