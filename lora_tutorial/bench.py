@@ -25,7 +25,7 @@ from .harness import interleaved_times, median_ratio, op_profile, peak_rss_of_tr
 from .lora import LoRAConfig, apply_lora, lora_layers, merge_lora, train_only
 from .memory import training_state_bytes
 from .models import load_model
-from .store import Provenance, now
+from .provenance import Provenance, now
 
 VARIANTS = ("full", "lora", "lora_nodropout", "peft", "floor", "head_only", "lora_upper")
 LORA = {"lora": "lora-r16", "lora_nodropout": "lora-r16", "peft": "lora-r16", "lora_upper": "lora-r16-upper"}

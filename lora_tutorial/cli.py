@@ -126,20 +126,19 @@ TABLE_COLUMNS = [
 
 
 def results_command(args: argparse.Namespace) -> None:
+    from .report import load_results, result_rows
     from .runner import profile_named
-    from .store import ResultStore
 
     profile_named(args.profile)
-    store = ResultStore(args.profile, args.results)
     if args.json:
         rows = [
             {k: row.get(v) for k, v in JSON_COLUMNS.items()}
             | {"predictions": len(row["predictions"] or ""), "probabilities": len(row["probabilities"] or "")}
-            for row in store.rows(superseded=True)
+            for row in result_rows(args.profile, args.results, superseded=True)
         ]
         print(json.dumps(rows, indent=1))
         return
-    df = store.frame()
+    df = load_results(args.results, args.profile)
     if not len(df):
         print(
             f"Nothing is stored for the {args.profile} profile yet; run for example\n"

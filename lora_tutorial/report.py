@@ -25,8 +25,9 @@ from .experiments import (
 )
 from .models import layer_count
 from .plotting import book_style
+from .records import is_contended, is_stale
 from .runner import run_suite
-from .store import load_results
+from .store import ResultStore
 
 PROFILE_ENV = "LORA_TUTORIAL_PROFILE"
 
@@ -82,6 +83,71 @@ def suite_labels(profile: str, names: list[str]) -> dict[str, str]:
     return {Experiment.parse(n).resolve(prof).name: label for s in names for label, n in table[s]}
 
 
+def result_rows(profile_name: str, results: str | Path | None = None, superseded: bool = False) -> list[dict]:
+    """Every stored run of a profile as a flat dict (a results table's rows). ``experiment`` is the short
+    name a suite of the profile uses for the run (``lora-r16``) where there is one, else its full name;
+    ``current`` says whether it was made with the profile's fixed settings and not replaced, ``used``
+    whether the profile's suites use it (the others chose settings or were earlier trials), ``contended``
+    whether other work shared the CPU while it trained (its times are not the machine's)."""
+    store = ResultStore(profile_name, results)
+    profile = PROFILES.get(profile_name)
+    labels = {}
+    if profile is not None:
+        for pairs in suites(profile, layer_count(profile.model)).values():
+            for label, name in pairs:
+                labels.setdefault(Experiment.parse(name).resolve(profile).name, label)
+    rows = []
+    for path, r in store.records(superseded):
+        hp = r.config["hyperparameters"]
+        old = "superseded" in path.relative_to(store.folder).parts
+        current = bool(profile) and not old and not is_stale(r, profile)
+        rows.append(
+            {
+                **{
+                    k: v for k, v in r.config.items() if k not in ("hyperparameters", "experiment", "profile")
+                },
+                "experiment": labels.get(r.experiment, r.experiment),
+                "name": r.experiment,
+                "profile": r.profile,
+                "lr": hp["lr"],
+                "epochs": hp["epochs"],
+                "lora_dropout": hp.get("lora_dropout"),
+                "validation_accuracy": r.accuracy,
+                "trainable_params": r.params.trainable,
+                "total_params": r.params.total,
+                "lora_params": r.params.lora,
+                "train_seconds_per_epoch": r.timing.train_seconds_per_epoch,
+                "examples_per_second": r.timing.examples_per_second,
+                "run_seconds": r.timing.run_seconds,
+                "mean_load_average": r.timing.mean_load_average,
+                "contended": is_contended(r),
+                "peak_memory_bytes": r.memory.peak_bytes,
+                "memory_baseline_bytes": r.memory.baseline_bytes,
+                "device": r.provenance.device,
+                "cpus": r.provenance.machine.get("cpus"),
+                "torch": r.provenance.versions.get("torch"),
+                "git_commit": r.provenance.git_commit,
+                "git_dirty": r.provenance.git_dirty,
+                "current": current,
+                "used": current and r.experiment in labels,
+                "superseded": old,
+                "predictions": r.predictions,
+                "validation_labels": r.validation_labels,
+                "probabilities": r.probabilities,
+                "adapter": str((path.parent / r.adapter).resolve()) if r.adapter else None,
+                "file": str(path),
+            }
+        )
+    return rows
+
+
+def load_results(
+    results: str | Path | None = None, profile: str = "cpu", superseded: bool = False
+) -> pd.DataFrame:
+    """A profile's stored runs as one DataFrame, a row per run (see :func:`result_rows`)."""
+    return pd.DataFrame(result_rows(profile, results, superseded))
+
+
 def _labelled(df: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     if not len(df):
         return df
@@ -130,7 +196,7 @@ def selection_runs(profile: str = "cpu", results: str | Path | None = None) -> p
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per experiment: accuracy mean, std and 95 % interval over seeds (``low``, ``high``: seeds and
     sentences resampled; empty while a run lacks its predictions), parameters, and the median time and
-    memory over the seeds whose runs had the CPU to themselves (``timed``; see ``store.is_contended``)."""
+    memory over the seeds whose runs had the CPU to themselves (``timed``; see ``records.is_contended``)."""
     g = df.groupby("experiment", sort=False)
     timed = df[~df["contended"]].groupby("experiment", sort=False)
     out = pd.DataFrame(

@@ -25,7 +25,9 @@ from .lora import apply_lora, lora_scaling, train_only
 from .models import layer_count, load_model, load_tokenizer
 from .monitor import ResourceMonitor
 from .params import count_parameters
-from .store import CHILD_ENV, DataUsed, Memory, Params, Provenance, ResultStore, RunRecord, Timing, now
+from .provenance import Provenance, now
+from .records import DataUsed, Memory, Params, RunRecord, Timing
+from .store import CHILD_ENV, ResultStore
 from .train import TrainConfig, distributed_state, make_loaders, predict, train
 
 

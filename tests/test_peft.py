@@ -17,7 +17,7 @@ from lora_tutorial import (
     save_adapter,
 )
 from lora_tutorial.experiments import Experiment
-from lora_tutorial.store import load_results
+from lora_tutorial.report import load_results
 
 
 def peft_config(cfg: LoRAConfig) -> LoraConfig:

@@ -15,6 +15,7 @@ from lora_tutorial.experiments import (
     Experiment,
     lr_text,
 )
+from lora_tutorial.records import is_contended
 from lora_tutorial.report import (
     brief,
     choose,
@@ -24,11 +25,11 @@ from lora_tutorial.report import (
     summarize,
 )
 from lora_tutorial.report import sweep as sweep_table
-from lora_tutorial.store import ResultStore, is_contended
+from lora_tutorial.store import ResultStore
 
 
 def test_stored_results_are_used_and_summarized(learnable, tmp_path, monkeypatch):
-    monkeypatch.setattr("lora_tutorial.store.CONTENTION_MARGIN", 1e9)  # time every run, however busy the CPU
+    monkeypatch.setattr("lora_tutorial.records.CONTENTION_MARGIN", 1e9)  # time every run, however busy
     runner.run_suite("smoke", ["full", "lora-r16"], [0, 1], tmp_path, learnable, progress=False)
     df, shown = study_results(["headline"], "smoke", results=tmp_path, require=("full", "lora-r16"))
     assert shown == "smoke"
@@ -87,14 +88,14 @@ def test_selection_runs_are_the_stored_runs_the_suites_do_not_use(learnable, tmp
 def test_times_of_runs_that_shared_the_cpu_are_left_out(learnable, tmp_path, monkeypatch):
     monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs={"full": 1}))
     runner.run_suite("smoke", ["full"], [0, 1], tmp_path, learnable, progress=False)
-    monkeypatch.setattr("lora_tutorial.store.CONTENTION_MARGIN", -1e9)  # as if every run had shared it
+    monkeypatch.setattr("lora_tutorial.records.CONTENTION_MARGIN", -1e9)  # as if every run had shared it
     df, _ = study_results(["headline"], "smoke", results=tmp_path, require=("full",))
     table = summarize(df)
     assert df["contended"].all()
     assert table.loc["full", "timed"] == 0
     assert table["s / epoch"].isna().all()
     assert table.loc["full", "seeds"] == 2  # accuracy still counts every seed
-    monkeypatch.setattr("lora_tutorial.store.CONTENTION_MARGIN", 0.5)
+    monkeypatch.setattr("lora_tutorial.records.CONTENTION_MARGIN", 0.5)
     _, record = ResultStore("smoke", tmp_path).records()[0]
     record.timing.mean_load_average = 3.5
     record.provenance.machine.update(cpus=4, torch_threads=4)

@@ -22,7 +22,9 @@ from lora_tutorial.experiments import (
     suites,
 )
 from lora_tutorial.lora import lora_scaling
-from lora_tutorial.store import ResultStore, RunRecord, load_results
+from lora_tutorial.records import RunRecord
+from lora_tutorial.report import load_results
+from lora_tutorial.store import ResultStore
 from lora_tutorial.train import TrainConfig, train
 
 
