@@ -1,6 +1,6 @@
 """lora_tutorial: LoRA from first principles, the library behind the book."""
 
-from . import dora  # noqa: F401  (registers the DoRA variant)
+from . import dora, pissa  # noqa: F401  (register the DoRA variant and PiSSA's initialisation)
 from .adapter_io import copy_to_peft, load_adapter, read_adapter_config, save_adapter
 from .lora import LoRAConfig, LoRALinear, LoRASummary, apply_lora, lora_layers, merge_lora, remove_lora
 from .params import ParameterCount, count_parameters

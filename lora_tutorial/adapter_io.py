@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .errors import UsageError
 from .lora import LORA_PARAMS, LoRAConfig, apply_lora, is_lora_param, lora_layers, remove_lora
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -54,7 +55,7 @@ def copy_to_peft(model: nn.Module, peft_model: nn.Module) -> nn.Module:
                 ] + [PREFIX + name]
             key = next((k for k in keys if k in theirs), None)
             if key is None:
-                raise ValueError(
+                raise UsageError(
                     f"The peft model has no parameter for our {name!r}; build it with the same "
                     "target_modules, layers and modules_to_save."
                 )
@@ -66,37 +67,65 @@ def save_adapter(model: nn.Module, path: str | Path, task_type: str = "SEQ_CLS")
     """Write the adapter of a LoRA-adapted model to folder ``path`` in peft's format."""
     config: LoRAConfig | None = getattr(model, "lora_config", None)
     if config is None:
-        raise ValueError("This model has no LoRA adapter; call apply_lora(model, config) first.")
+        raise UsageError("This model has no LoRA adapter; call apply_lora(model, config) first.")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {_to_peft_key(n): t.contiguous().cpu() for n, t in adapter_state_dict(model).items()}
     save_file(tensors, path / WEIGHTS_FILE, metadata={"format": "pt"})
+    # peft's SEQ_CLS task adds the classifier to modules_to_save and then expects its weights: an adapter
+    # that trains no head is saved without a task type, which peft loads as a plain PeftModel
     peft_config = config.to_peft(
-        task_type, getattr(getattr(model, "config", None), "_name_or_path", None), True
+        task_type if config.trainable else None,
+        getattr(getattr(model, "config", None), "_name_or_path", None),
+        True,
     )
     (path / CONFIG_FILE).write_text(json.dumps(peft_config, indent=2))
     return path
 
 
+#: peft fields that change what an adapter computes and that this library does not implement: refused.
+UNSUPPORTED = {
+    "alpha_pattern": {},
+    "rank_pattern": {},
+    "bias": "none",
+    "fan_in_fan_out": False,
+    "layer_replication": None,
+    "lora_bias": False,
+}
+#: The LoRAConfig fields that change the function an adapter computes; an adapted model must agree on all.
+FUNCTION_FIELDS = ("r", "alpha", "rslora", "dora", "target_modules", "layers", "trainable")
+
+
 def read_adapter_config(path: str | Path) -> LoRAConfig:
-    """Read a peft ``adapter_config.json`` as a :class:`~lora_tutorial.lora.LoRAConfig`."""
+    """Read a peft ``adapter_config.json`` as a :class:`~lora_tutorial.lora.LoRAConfig`; a setting this
+    library cannot reproduce (e.g. ``alpha_pattern``, ``bias``) is refused, never ignored."""
     file = Path(path) / CONFIG_FILE
     if not file.is_file():
-        raise ValueError(f"No {CONFIG_FILE} in {path}; point at the folder save_adapter or peft wrote.")
-    c = json.loads(file.read_text())
+        raise UsageError(f"No {CONFIG_FILE} in {path}; point at the folder save_adapter or peft wrote.")
+    try:
+        c = json.loads(file.read_text())
+    except ValueError as e:
+        raise UsageError(f"{file} is not valid JSON ({e}); the file is damaged or cut short.") from None
     if c.get("peft_type") != "LORA":
-        raise ValueError(
+        raise UsageError(
             f"{file} is a {c.get('peft_type')} adapter; only LoRA (and DoRA) adapters can be loaded here."
         )
+    if not (Path(path) / WEIGHTS_FILE).is_file():
+        raise UsageError(f"No {WEIGHTS_FILE} in {path}: the adapter's weights are missing; save it again.")
+    for key, plain in UNSUPPORTED.items():
+        if c.get(key) not in (plain, None):
+            raise UsageError(f"{file} sets {key}={c[key]!r}, which this library does not implement.")
     try:
         return LoRAConfig.from_peft(c)
-    except ValueError as e:
-        raise ValueError(f"{file}: {e}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{file}: {e}") from None
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     """Load an adapter (ours or peft's) into ``model``. A base model is adapted first, using the
-    adapter's config; an adapted model must already have the same rank and layers."""
+    adapter's config; an adapted model must already have the same LoRA (every setting that changes what
+    it computes: rank, alpha, scaling rule, variant, targets, layers, trainable modules). On any error
+    the model is left as it was."""
     config = read_adapter_config(path)
     current: LoRAConfig | None = getattr(model, "lora_config", None)
     if current is None:
@@ -104,18 +133,20 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
         apply_lora(model, config)
         try:
             return _load_weights(model, path)
-        except ValueError:  # leave the caller's model as it was
+        except Exception:  # leave the caller's model as it was
             remove_lora(model)
             for n, p in model.named_parameters():
                 p.requires_grad_(requires_grad[n])
             raise
-    if current.r != config.r:
-        raise ValueError(
-            f"The model's LoRA rank is r={current.r} but the adapter in {path} has r={config.r}; "
+    differ = [f for f in FUNCTION_FIELDS if getattr(current, f) != getattr(config, f)]
+    if differ:
+        said = ", ".join(f"{f}={getattr(current, f)!r} vs {getattr(config, f)!r}" for f in differ)
+        raise UsageError(
+            f"The model's LoRA differs from the adapter in {path} ({said}; the model's first); "
             "load it into the base model instead (without apply_lora)."
         )
     if any(layer.merged for layer in lora_layers(model).values()):
-        raise ValueError(
+        raise UsageError(
             "The model's LoRA layers are merged; call unmerge() on them before loading an adapter."
         )
     return _load_weights(model, path)
@@ -126,18 +157,18 @@ def _load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     loaded = {_from_peft_key(k): v for k, v in load_file(Path(path) / WEIGHTS_FILE).items()}
     for name, tensor in loaded.items():
         if name not in params:
-            raise ValueError(
+            raise UsageError(
                 f"The adapter has {name!r} but the model does not: it was saved for another "
                 "architecture or other target_modules/layers."
             )
         if params[name].shape != tensor.shape:
-            raise ValueError(
+            raise UsageError(
                 f"Shape mismatch for {name!r}: adapter {tuple(tensor.shape)} vs model "
                 f"{tuple(params[name].shape)}; the adapter was saved for another model size or rank."
             )
     missing = [n for n in params if is_lora_param(n) and n not in loaded]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"The adapter in {path} lacks {len(missing)} LoRA matrices the model has "
             f"(first: {missing[0]!r}); its target_modules or layers differ."
         )

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .adapter_io import copy_to_peft
+from .errors import UsageError
 from .experiments import HEAD, PROFILES, Experiment
 from .harness import interleaved_times, median_ratio, op_profile, peak_rss_of_training, step_fn
 from .lora import LoRAConfig, apply_lora, lora_layers, merge_lora, train_only
@@ -56,7 +57,7 @@ def make_variant(base: nn.Module, variant: str) -> nn.Module:
             lambda module, inputs, out: out.requires_grad_(True)
         )
     elif variant != "head_only":
-        raise ValueError(f"Unknown variant {variant!r}; choose one of {VARIANTS}.")
+        raise UsageError(f"Unknown variant {variant!r}; choose one of {VARIANTS}.")
     return model
 
 

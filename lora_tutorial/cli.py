@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from .errors import UsageError
 from .experiments import GRAMMAR, PROFILES
 
 DATA_HELP = "SST-2 folder or 'hub' (default: $LORA_TUTORIAL_SST2, else the Hub)"
@@ -28,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["headline"],
         help=f"experiment names ({GRAMMAR}) or suites (headline, rank, layers, modules, variants, "
-        "sweep, all)",
+        "sweep, scaling, all)",
     )
     run.add_argument("--seeds", nargs="+", type=int, default=[0])
     run.add_argument("--results", default=None, help="results folder (default: the nearest results/)")
@@ -40,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--results", default=None)
     show.add_argument("--json", action="store_true", help="one JSON record per stored run, for scripts")
     pred = sub.add_parser(
-        "predict", help="add per-example predictions to stored LoRA runs, from their adapters"
+        "predict",
+        help="add per-example predictions and probabilities to stored LoRA runs, from their adapters",
     )
     pred.add_argument("--profile", required=True)
     pred.add_argument("--results", default=None)
@@ -66,19 +69,20 @@ def parser() -> argparse.ArgumentParser:
 
 def run_command(args: argparse.Namespace) -> None:
     from .runner import run_suite
+    from .store import CHILD_ENV
     from .train import distributed_state
 
-    isolate = (
-        distributed_state().num_processes == 1
-    )  # under torchrun or accelerate, the launcher owns processes
+    child = bool(os.environ.get(CHILD_ENV))  # one run of a parent command, which prints its line
+    isolate = distributed_state().num_processes == 1 and not child  # under torchrun, the launcher owns them
     progress = not args.no_progress
     if not progress:  # datasets' tokenizing bar too, not only the trainer's
         from datasets.utils.logging import disable_progress_bar
 
         disable_progress_bar()
-    for r in run_suite(
+    records = run_suite(
         args.profile, args.experiments, args.seeds, args.results, args.data, args.force, progress, isolate
-    ):
+    )
+    for r in [] if child else records:
         print(
             f"{r.experiment:>32} seed {r.seed}: accuracy {r.accuracy:.4f}, "
             f"{r.timing.train_seconds_per_epoch:.1f} s/epoch"
@@ -92,6 +96,8 @@ JSON_COLUMNS = {
     "rank": "rank",
     "target_modules": "target_modules",
     "layers": "layers",
+    "scaling_rule": "scaling_rule",
+    "alpha": "alpha",
     "seed": "seed",
     "lr": "lr",
     "epochs": "epochs",
@@ -127,7 +133,8 @@ def results_command(args: argparse.Namespace) -> None:
     store = ResultStore(args.profile, args.results)
     if args.json:
         rows = [
-            {k: row.get(v) for k, v in JSON_COLUMNS.items()} | {"predictions": len(row["predictions"] or "")}
+            {k: row.get(v) for k, v in JSON_COLUMNS.items()}
+            | {"predictions": len(row["predictions"] or ""), "probabilities": len(row["probabilities"] or "")}
             for row in store.rows(superseded=True)
         ]
         print(json.dumps(rows, indent=1))
@@ -196,8 +203,11 @@ def main(argv: list[str] | None = None) -> None:
             bench_command(args)
         else:
             print(json.dumps({k: vars(p) for k, p in PROFILES.items()}, indent=2))
-    except ValueError as e:  # the library's errors for things a user can fix
+    except UsageError as e:  # the library's errors for things a user can fix; anything else is a bug
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume (finished runs are kept).", file=sys.stderr)
+        sys.exit(130)

@@ -12,6 +12,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from torch.utils.data import Sampler
 from transformers import PreTrainedTokenizerBase
 
+from .errors import UsageError
+
 ENV_VAR = "LORA_TUTORIAL_SST2"
 HUB_ID = "stanfordnlp/sst2"
 SPLITS = ("train", "validation")
@@ -22,22 +24,30 @@ def read_tsv(path: str | Path) -> Dataset:
     """Read a GLUE-style ``sentence<TAB>label`` file (header line, no quoting), checking every line."""
     path = Path(path)
     sentences, labels = [], []
-    with path.open(encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if header != ["sentence", "label"]:
-            raise ValueError(f"{path}:1: expected the header 'sentence<TAB>label', got {header!r}.")
-        for lineno, line in enumerate(f, start=2):
-            fields = line.rstrip("\n").split("\t")
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is fine
+            except UnicodeDecodeError as e:
+                raise UsageError(
+                    f"{path}:{lineno}: byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8; "
+                    "save the file as UTF-8."
+                ) from None
+            fields = line.rstrip("\r\n").split("\t")
+            if lineno == 1:
+                if fields != ["sentence", "label"]:
+                    raise UsageError(f"{path}:1: expected the header 'sentence<TAB>label', got {fields!r}.")
+                continue
             if len(fields) != 2:
-                raise ValueError(
+                raise UsageError(
                     f"{path}:{lineno}: expected 'sentence<TAB>label' (2 fields), got {len(fields)}."
                 )
             if fields[1] not in ("0", "1"):
-                raise ValueError(f"{path}:{lineno}: label {fields[1]!r} is not 0 or 1.")
+                raise UsageError(f"{path}:{lineno}: label {fields[1]!r} is not 0 or 1.")
             sentences.append(fields[0])
             labels.append(int(fields[1]))
     if not sentences:
-        raise ValueError(f"{path}: the split is empty (no examples after the header).")
+        raise UsageError(f"{path}: the split is empty (no examples after the header).")
     return Dataset.from_dict({"sentence": sentences, "label": labels}, features=FEATURES)
 
 
@@ -57,19 +67,29 @@ def load_sst2(source: str | Path | None = None) -> DatasetDict:
     ``source``: a folder holding ``train.tsv`` and ``validation.tsv``, or ``"hub"``. When not given,
     the folder named by the ``LORA_TUTORIAL_SST2`` environment variable, else the Hub.
     """
-    source = source if source is not None else os.environ.get(ENV_VAR, "hub")
+    if source is None:
+        source = os.environ.get(ENV_VAR, "hub")
+        if not source.strip():
+            raise UsageError(
+                f"{ENV_VAR} is set but empty; set it to the SST-2 folder, or unset it to use the Hub."
+            )
     if str(source) == "hub":
         return _load_from_hub()
     folder = Path(source)
+    if folder.is_file():
+        raise UsageError(
+            f"{folder} is a file; SST-2 is read from the folder that holds train.tsv and validation.tsv "
+            f"(e.g. {folder.parent})."
+        )
     if not folder.is_dir():
-        raise ValueError(
+        raise UsageError(
             f"SST-2 folder {folder} does not exist; pass a folder with train.tsv and "
             f"validation.tsv (or set {ENV_VAR}), or source='hub'. A relative path is read from "
             f"the current directory, {Path.cwd()} (chapters run in book/): give an absolute one."
         )
     missing = [f"{s}.tsv" for s in SPLITS if not (folder / f"{s}.tsv").is_file()]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"SST-2 folder {folder} lacks {', '.join(missing)}; it needs train.tsv and validation.tsv."
         )
     return DatasetDict({s: read_tsv(folder / f"{s}.tsv") for s in SPLITS})
@@ -81,7 +101,7 @@ def _load_from_hub() -> DatasetDict:
     try:
         ds = load_dataset(HUB_ID)
     except Exception as e:  # datasets raises several kinds (ConnectionError, OSError, HfHubHTTPError...)
-        raise ValueError(
+        raise UsageError(
             f"Could not download SST-2 from the Hugging Face Hub ({e.__class__.__name__}). "
             f"Either connect to the internet, or use a local GLUE SST-2 folder with train.tsv "
             f"and validation.tsv: load_sst2('/path/to/sst2') or export {ENV_VAR}=/path/to/sst2."

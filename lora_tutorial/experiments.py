@@ -18,6 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 
+from .errors import UsageError
 from .lora import LoRAConfig, lora_scaling
 
 HEAD = ("classifier", "pooler")  # trained by every method (the embedded model's pooler was never trained)
@@ -30,7 +31,7 @@ MODULE_SETS = {
     "qkvo-ffn": ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"),
 }  # qkvo-ffn: every linear layer of the encoder
 ALL_LINEAR = "qkvo-ffn"
-VARIANT_NAMES = ("lora", "rslora", "dora", "loraplus")
+VARIANT_NAMES = ("lora", "rslora", "dora", "loraplus", "pissa")
 #: What each kind's learning-rate sweep trains (on the ablation budget); the first three are the headline's.
 SWEEP_BASES = {
     "full": "full",
@@ -39,6 +40,7 @@ SWEEP_BASES = {
     "rslora": "rslora-r16",
     "dora": "dora-r16",
     "loraplus": "loraplus-r16",
+    "pissa": "pissa-r16",
 }
 #: The kinds the headline compares (full fine-tuning, LoRA on query and value, LoRA on every linear layer).
 HEADLINE_KINDS = tuple(SWEEP_BASES)[:3]
@@ -91,7 +93,7 @@ PROFILES = {
         "smoke",
         model="tiny",
         batch_size=32,
-        lr={"full": 1e-3, "lora": 3e-3, "head": 3e-3},
+        lr={"full": 1e-3, "lora": 1e-2, "head": 1e-2},
         epochs={"full": 3, "lora": 3, "head": 3},
         max_length=64,
         train_limit=2048,
@@ -124,6 +126,7 @@ PROFILES = {
             "rslora": (1e-4, 3e-4, 1e-3, 3e-3),  # alpha / sqrt(r): 4x LoRA's scale at r = 16
             "dora": (3e-4, 1e-3, 3e-3, 1e-2),
             "loraplus": (1e-4, 3e-4, 1e-3),  # A's rate; B's is 16x
+            "pissa": (3e-5, 1e-4, 3e-4, 1e-3),  # A and B start at W's principal part, not at 0
         },
         scaling_sweep=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),  # one grid for every rule and rank: no rule favoured
     ),
@@ -144,13 +147,13 @@ def lr_text(lr: float) -> str:
 
 
 _NAME = re.compile(
-    r"(?:(full|head)|(lora|rslora|dora|loraplus)-r(\d+)(?:-(q|v|qv|qkvo-ffn|qkvo))?"
+    r"(?:(full|head)|(lora|rslora|dora|loraplus|pissa)-r(\d+)(?:-(q|v|qv|qkvo-ffn|qkvo))?"
     r"(?:-(lower|upper|layer\d+))?(?:-a(\d+(?:\.\d+)?))?)(?:-e(\d+))?(?:-n(\d+))?(?:@(.+))?"
 )
 #: How an experiment name is written (the error for an unknown name quotes it).
 GRAMMAR = (
     "full | head | lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn][-lower|-upper|-layer<i>][-a<alpha>][-e<epochs>]"
-    "[-n<examples>][@<lr>] (rslora-, dora-, loraplus- for lora-; no -a: alpha = 2r), e.g. lora-r16, "
+    "[-n<examples>][@<lr>] (rslora-, dora-, loraplus-, pissa- for lora-; no -a: alpha = 2r), e.g. lora-r16, "
     "lora-r8-layer3, lora-r4-a32, full@5e-5, lora-r8-upper-n20000"
 )
 
@@ -164,7 +167,9 @@ class Experiment:
     r: int | None = None
     target: str = "qv"
     layers: str = "all"  # "all", "lower", "upper" or a single layer index as a string
-    variant: str = "lora"  # "lora", "rslora" (alpha/sqrt(r)), "dora" or "loraplus" (B learns 16x faster)
+    variant: str = (
+        "lora"  # lora, rslora (alpha/sqrt r), dora, loraplus (B learns 16x faster), pissa (SVD init)
+    )
     alpha: float | None = (
         None  # None: alpha = 2r; else a fixed alpha (the scale is alpha/r, rslora alpha/sqrt r)
     )
@@ -179,7 +184,7 @@ class Experiment:
         if self.method != "lora" or self.alpha is None:
             return
         if self.alpha <= 0 or not math.isfinite(self.alpha):
-            raise ValueError(f"LoRA alpha must be a positive number, got {self.alpha!r}.")
+            raise UsageError(f"LoRA alpha must be a positive number, got {self.alpha!r}.")
         if math.isclose(lora_scaling(self.r, self.alpha, self.variant == "rslora"), 2.0):
             object.__setattr__(self, "alpha", None)
             if self.variant == "rslora":
@@ -219,7 +224,7 @@ class Experiment:
             or m.group(8) == "0"
             or (m.group(6) and float(m.group(6)) <= 0)
         ):
-            raise ValueError(f"Unknown experiment {name!r}; use {GRAMMAR}.")
+            raise UsageError(f"Unknown experiment {name!r}; use {GRAMMAR}.")
         epochs, examples = (int(g) if g else None for g in m.group(7, 8))
         if m.group(1):
             return cls(m.group(1), lr=lr, epochs=epochs, train_examples=examples)
@@ -286,7 +291,7 @@ class Experiment:
             self.layers, [int(self.layers)] if self.layers.isdigit() else None
         )
         if layers is not None and not all(0 <= i < num_layers for i in layers):
-            raise ValueError(
+            raise UsageError(
                 f"Experiment {self.name!r} adapts layer {self.layers}, but the model has {num_layers} "
                 f"layers (0..{num_layers - 1}); pick a layer in that range."
             )
@@ -299,6 +304,7 @@ class Experiment:
             trainable=HEAD,
             rslora=self.variant == "rslora",
             dora=self.variant == "dora",
+            init="pissa" if self.variant == "pissa" else "kaiming",
         )
 
 
@@ -376,7 +382,7 @@ def expand(profile: Profile, names: list[str], num_layers: int) -> list[tuple[st
         elif name in table:
             out += table[name]
         elif re.fullmatch(r"[a-z]+", name) and name not in ("full", "head"):
-            raise ValueError(f"Unknown suite {name!r}; choose one of {sorted(table) + ['all']}.")
+            raise UsageError(f"Unknown suite {name!r}; choose one of {sorted(table) + ['all']}.")
         else:
             Experiment.parse(name)
             out.append((name, name))

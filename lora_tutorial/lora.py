@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-INITS = ("kaiming", "gaussian")
+from .errors import UsageError
+
+CLASSIFIER_NAMES = ("classifier", "score")  # a sequence classifier's head, in BERT and in decoder models
 LORA_PARAMS = ("lora_A", "lora_B")  # the parameter names of a LoRA update (peft's names too)
 
 
@@ -29,14 +31,14 @@ def lora_scaling(r: int, alpha: float, rslora: bool = False) -> float:
 
 
 def _check_hparams(r: int, alpha: float, dropout: float, init: str) -> None:
-    if not isinstance(r, int) or r <= 0:
-        raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}; use e.g. r=8.")
-    if alpha <= 0:
-        raise ValueError(f"LoRA alpha must be > 0, got {alpha!r}; a common choice is alpha = 2 * r.")
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        raise UsageError(f"LoRA rank r must be a positive integer, got {r!r}; use e.g. r=8.")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+        raise UsageError(f"LoRA alpha must be > 0, got {alpha!r}; a common choice is alpha = 2 * r.")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}; use 0.0 to disable it.")
-    if init not in INITS:
-        raise ValueError(f"Unknown LoRA init {init!r}; choose one of {INITS}.")
+        raise UsageError(f"LoRA dropout must be in [0, 1), got {dropout!r}; use 0.0 to disable it.")
+    if init not in INITIALISERS:
+        raise UsageError(f"Unknown LoRA init {init!r}; choose one of {tuple(INITIALISERS)}.")
 
 
 class LoRADropout(nn.Dropout):
@@ -64,7 +66,7 @@ class LoRALinear(nn.Module):
         super().__init__()
         _check_hparams(r, alpha, dropout, init)
         if not isinstance(base, nn.Linear):
-            raise ValueError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}.")
+            raise UsageError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}.")
         self.base = base.requires_grad_(False)
         self.r, self.alpha, self.rslora, self.init = r, alpha, rslora, init
         self.scaling = lora_scaling(r, alpha, rslora)
@@ -77,12 +79,8 @@ class LoRALinear(nn.Module):
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
-        """A random (Kaiming-uniform as in ``nn.Linear``, or N(0, 1/r^2)), B zero: the update starts at 0."""
-        if self.init == "kaiming":
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        else:
-            nn.init.normal_(self.lora_A, std=1 / self.r)
-        nn.init.zeros_(self.lora_B)
+        """Initialise A and B by the layer's ``init`` (see :data:`INITIALISERS`)."""
+        INITIALISERS[self.init](self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``W x + b + scaling * B A dropout(x)``; once merged, just the base layer."""
@@ -112,8 +110,27 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, merged={bool(self.merged)}"
 
 
+def kaiming_init(layer: LoRALinear) -> None:
+    """A Kaiming-uniform (as ``nn.Linear`` initialises its weight), B zero: the update starts at 0."""
+    nn.init.kaiming_uniform_(layer.lora_A, a=math.sqrt(5))
+    nn.init.zeros_(layer.lora_B)
+
+
+def gaussian_init(layer: LoRALinear) -> None:
+    """A drawn from N(0, 1/r^2), B zero."""
+    nn.init.normal_(layer.lora_A, std=1 / layer.r)
+    nn.init.zeros_(layer.lora_B)
+
+
+#: How a layer's A and B start, by name; a module may add one (pissa.py adds "pissa").
+INITIALISERS = {"kaiming": kaiming_init, "gaussian": gaussian_init}
+
 # The layer class of each variant; a variant module registers itself (dora.py adds "dora").
 VARIANTS: dict[str, type[LoRALinear]] = {"lora": LoRALinear}
+
+
+#: peft's init_lora_weights values and this library's name for each (False: peft's random B, for tests).
+PEFT_INITS = {True: "kaiming", False: "kaiming", None: "kaiming", "gaussian": "gaussian", "pissa": "pissa"}
 
 
 @dataclass
@@ -133,10 +150,14 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         _check_hparams(self.r, self.alpha, self.dropout, self.init)
-        self.target_modules = tuple(self.target_modules)
-        self.trainable = tuple(self.trainable)
+        # a single name is one module, not its letters
+        self.target_modules = (
+            (self.target_modules,) if isinstance(self.target_modules, str) else tuple(self.target_modules)
+        )
+        trainable = (self.trainable,) if isinstance(self.trainable, str) else self.trainable
+        self.trainable = tuple(dict.fromkeys(trainable))
         if not self.target_modules:
-            raise ValueError(
+            raise UsageError(
                 "target_modules is empty; name the Linear layers to adapt, e.g. ('query', 'value')."
             )
         if self.layers is not None:
@@ -157,7 +178,7 @@ class LoRAConfig:
             "layers_to_transform": self.layers,
             "layers_pattern": "layer" if self.layers is not None else None,
             "use_rslora": self.rslora,
-            "init_lora_weights": "gaussian" if self.init == "gaussian" else True,
+            "init_lora_weights": True if self.init == "kaiming" else self.init,
             "modules_to_save": list(self.trainable) or None,
             "bias": "none",
             "fan_in_fan_out": False,
@@ -167,9 +188,15 @@ class LoRAConfig:
 
     @classmethod
     def from_peft(cls, c: dict) -> LoRAConfig:
-        """Read peft's ``adapter_config.json`` fields (a list of target modules, not a regex)."""
+        """Read peft's ``adapter_config.json`` fields (a list of target modules, not a regex). An
+        initialisation this library lacks (e.g. ``olora``, which changes the base weights) is refused."""
+        if c.get("init_lora_weights", True) not in PEFT_INITS:
+            raise UsageError(
+                f"init_lora_weights={c['init_lora_weights']!r} is not one of this library's initialisations "
+                f"({', '.join(map(repr, PEFT_INITS))})."
+            )
         if isinstance(c["target_modules"], str):
-            raise ValueError(
+            raise UsageError(
                 f"target_modules is a regex ({c['target_modules']!r}); only a list of module names "
                 "is supported."
             )
@@ -181,7 +208,7 @@ class LoRAConfig:
             target_modules=tuple(c["target_modules"]),
             layers=[layers] if isinstance(layers, int) else layers,
             rslora=bool(c.get("use_rslora", False)),
-            init="gaussian" if c.get("init_lora_weights") == "gaussian" else "kaiming",
+            init=PEFT_INITS[c.get("init_lora_weights", True)],
             trainable=tuple(c.get("modules_to_save") or ()),
             dora=bool(c.get("use_dora", False)),
         )
@@ -241,13 +268,13 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
     """Wrap the matching ``nn.Linear`` layers of ``model`` in place and freeze all else but
     ``config.trainable``. Returns a summary of what was wrapped."""
     if lora_layers(model):
-        raise ValueError(
+        raise UsageError(
             "This model already has LoRA layers; call merge_lora(model) first, "
             "or start again from the base model."
         )
     n = num_layers(model)
     if config.layers is not None and any(not 0 <= i < n for i in config.layers):
-        raise ValueError(
+        raise UsageError(
             f"Layer indices {config.layers} out of range: this model has {n} layers (0..{n - 1})."
         )
     targets = [
@@ -258,9 +285,18 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
         and (config.layers is None or layer_index(name) in config.layers)
     ]
     if not targets:
-        raise ValueError(
+        raise UsageError(
             f"No nn.Linear matched target_modules={list(config.target_modules)}; "
             "print(model) to see the module names (BERT uses query, key, value, dense)."
+        )
+    names = [name for name, _ in model.named_modules()]
+    unmatched = [k for k in config.trainable if not any(_matches(name, (k,)) for name in names)]
+    if any(k in CLASSIFIER_NAMES and k not in unmatched for k in config.trainable):  # peft lists both names
+        unmatched = [k for k in unmatched if k not in CLASSIFIER_NAMES]
+    if unmatched:
+        raise UsageError(
+            f"trainable={list(config.trainable)}: no module is named {unmatched[0]!r}; print(model) to see "
+            "the names (BERT's head: classifier, pooler)."
         )
     layer_class = VARIANTS["dora" if config.dora else "lora"]
     model.requires_grad_(False)
@@ -278,6 +314,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
         if config.trainable and _matches(name, config.trainable) and not isinstance(m, LoRALinear):
             m.requires_grad_(True)
             summary.trainable.append(name)
+
     model.lora_config = config
     return summary
 

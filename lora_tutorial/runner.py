@@ -3,9 +3,12 @@ the store (which skips runs already stored)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -16,17 +19,18 @@ from datasets import DatasetDict
 
 from .adapter_io import load_adapter, save_adapter
 from .data import fingerprint, load_sst2, tokenize
+from .errors import UsageError
 from .experiments import HEAD, PROFILES, Profile, RunSpec, expand, spec
 from .lora import apply_lora, lora_scaling, train_only
 from .models import layer_count, load_model, load_tokenizer
 from .params import count_parameters
-from .store import Memory, Params, Provenance, ResultStore, RunRecord, Timing, now
+from .store import CHILD_ENV, DataUsed, Memory, Params, Provenance, ResultStore, RunRecord, Timing, now
 from .train import TrainConfig, distributed_state, make_loaders, predict, train
 
 
 def profile_named(name: str) -> Profile:
     if name not in PROFILES:
-        raise ValueError(f"Unknown profile {name!r}; choose one of {sorted(PROFILES)}.")
+        raise UsageError(f"Unknown profile {name!r}; choose one of {sorted(PROFILES)}.")
     return PROFILES[name]
 
 
@@ -108,7 +112,7 @@ def run_one(
         "profile": profile.name,
         "train_examples": len(data["train"]),
         "validation_examples": len(data["validation"]),
-        "data_sha256": {split: fingerprint(data[split]) for split in ("train", "validation")},
+        "data_sha256": data_used(data, None).sha256,
         "hyperparameters": vars(cfg)
         | {"max_length": profile.max_length, "lora_dropout": profile.lora_dropout if lora else None},
     }
@@ -155,6 +159,9 @@ def labels_text(labels) -> str:
     return "".join(str(int(y)) for y in labels)
 
 
+MAX_SEED = 2**32 - 1  # numpy's seeds
+
+
 def run_suite(
     profile: str,
     names: list[str],
@@ -165,63 +172,100 @@ def run_suite(
     progress: bool = True,
     isolate: bool = False,
 ) -> list[RunRecord]:
-    """Run every (experiment, seed) that has no up-to-date stored record; return all their records.
-    With ``isolate``, each run trains in a process of its own (the command line's default), so that its
-    time and peak memory are not inflated by the runs before it."""
+    """Run every (experiment, seed) that has no up-to-date stored record for the same data; return all their
+    records. With ``isolate``, each run trains in a process of its own (the command line's default), so that
+    its time and peak memory are not inflated by the runs before it. Several processes may share one results
+    folder: each run is locked while it trains, and a process skips the runs another one is training (and
+    waits for them at the end)."""
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise UsageError(f"Seed {bad[0]} is out of range; use seeds from 0 to {MAX_SEED}.")
     specs = resolve(profile, names, seeds)  # a bad name or layer fails here, before any data loads
     store = ResultStore(profile, results)
-    todo = [s for s in specs if force or not store.find(s)]
-    for s in todo:
-        if store.path(s).exists():
-            print(
-                f"{s.experiment.name} seed {s.seed} is stored without predictions or with other {profile} "
-                f"settings; running it again (the earlier record moves to {store.folder / 'superseded'}).",
-                file=sys.stderr,
-            )
+    store.check_writable()  # before hours of training, not after
+    data, tokenizer = prepare_data(specs[0].profile, data_source)  # a bad --data fails before any skip
+    budgets = {s.experiment.train_examples for s in specs}
+    used = {n: data_used(data, n) for n in budgets}  # keyed by a run's number of training examples
     main = distributed_state().is_main_process
     if main:
         store.remove_partial_writes()
-    if isolate and len(todo) > 1:
-        load_sst2(data_source)  # a bad data folder or TSV fails here, once, not in every child
-        for s in todo:
-            run_in_child(s, results, data_source, progress)
-        todo = []
-    if todo:
-        data, tokenizer = prepare_data(specs[0].profile, data_source)
-        for i, s in enumerate(todo, 1):
-            if progress:
-                print(
-                    f"[{i}/{len(todo)}] {profile}: {s.experiment.name} seed {s.seed}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            record, model = run_one(s, data, tokenizer, progress)
-            if main:
-                store.write(record, partial(save_adapter, model) if hasattr(model, "lora_config") else None)
-            distributed_state().wait_for_everyone()
+    waiting = [s for s in specs if force or not store.find(s, used[s.experiment.train_examples])]
+    isolate = isolate and len(waiting) > 1  # one run trains here: no second interpreter to start
+    # runs are locked unless this is a child (its parent holds the lock) or one of a launcher's processes
+    locking = distributed_state().num_processes == 1 and not os.environ.get(CHILD_ENV)
+    for again in (False, True):  # first pass: what no other process is training; then wait for those
+        busy = []
+        for s in waiting:
+            with store.lock(s, wait=again) if locking else nullcontext(True) as held:
+                if not held:
+                    busy.append(s)
+                    continue
+                if store.find(s, used[s.experiment.train_examples]) and not (force and not again):
+                    continue  # another process finished it meanwhile
+                if store.path(s).exists():
+                    print(
+                        f"{s.experiment.name} seed {s.seed} is stored without predictions, for other data or "
+                        f"with other {profile} settings; running it again (the earlier record moves to "
+                        f"{store.folder / 'superseded'}).",
+                        file=sys.stderr,
+                    )
+                if isolate:
+                    run_in_child(s, results, data_source, progress)
+                    continue
+                if progress:
+                    print(f"{profile}: {s.experiment.name} seed {s.seed}", file=sys.stderr, flush=True)
+                record, model = run_one(s, data, tokenizer, progress)
+                if main:
+                    store.write(
+                        record, partial(save_adapter, model) if hasattr(model, "lora_config") else None
+                    )
+                distributed_state().wait_for_everyone()
+        waiting = busy
     return [store.load(store.path(s)) for s in specs]
 
 
+def data_used(data: DatasetDict, examples: int | None) -> DataUsed:
+    """What a run with ``examples`` training examples trains and is evaluated on."""
+    data = training_subset(data, examples)
+    return DataUsed(
+        {split: fingerprint(data[split]) for split in ("train", "validation")},
+        len(data["train"]),
+        labels_text(data["validation"]["label"]),
+    )
+
+
 def run_in_child(run: RunSpec, results: str | Path | None, data_source: str | None, progress: bool) -> None:
-    """One run in a fresh Python process (the command line, as a user would type it)."""
+    """One run in a fresh Python process (the command line, as a user would type it), which ends if this
+    process ends; the caller holds the run's lock."""
     command = [sys.executable, "-m", "lora_tutorial", "run", "--profile", run.profile.name, "--force"]
     command += ["--experiments", run.experiment.name, "--seeds", str(run.seed)]
     command += (["--results", str(results)] if results else []) + (
         ["--data", str(data_source)] if data_source else []
     )
-    if subprocess.run(command + ([] if progress else ["--no-progress"])).returncode:
-        raise ValueError(
+    env = os.environ | {CHILD_ENV: "1"}
+    child = subprocess.run(
+        command + ([] if progress else ["--no-progress"]), env=env, preexec_fn=die_with_parent
+    )
+    if child.returncode:
+        raise UsageError(
             f"{run.experiment.name} seed {run.seed} failed in its own process (its error is above)."
         )
+
+
+def die_with_parent() -> None:
+    """In a child process, before it starts: ask Linux to end it when its parent ends (SIGTERM)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def recompute_predictions(
     profile: str, results: str | Path | None = None, data_source: str | None = None
 ) -> list[Path]:
-    """Add the per-example predictions to stored LoRA runs that lack them, from their saved adapters.
-    The recomputed accuracy must equal the stored one, else nothing is written for that run."""
+    """Add the per-example predictions and probabilities to stored LoRA runs that lack them, from their
+    saved adapters. The recomputed predictions must equal the stored ones (or, where none are stored, the
+    recomputed accuracy the stored accuracy), else nothing is written for that run."""
     prof, store = profile_named(profile), ResultStore(profile, results)
-    todo = [(p, r) for p, r in store.records() if not r.predictions and r.adapter]
+    todo = [(p, r) for p, r in store.records() if r.adapter and not (r.predictions and r.probabilities)]
     if not todo:
         return []
     data, tokenizer = prepare_data(prof, data_source)
@@ -232,18 +276,29 @@ def recompute_predictions(
         model = load_adapter(load_model(prof.model, seed=record.seed), path.parent / record.adapter)
         _, loader = make_loaders(data, tokenizer, TrainConfig())
         model, loader = accelerator.prepare(model, loader)
-        preds = predict(model, loader, accelerator).labels
-        got = (preds == labels).float().mean().item()
-        if round(record.accuracy * len(labels)) != round(got * len(labels)):
+        out = predict(model, loader, accelerator)
+        got = (out.labels == labels).float().mean().item()
+        same = (
+            labels_text(out.labels) == record.predictions
+            if record.predictions
+            else round(record.accuracy * len(labels)) == round(got * len(labels))
+        )
+        if not same:
             print(
-                f"{path}: recomputed accuracy {got:.4f} differs from the stored {record.accuracy:.4f}; "
-                "left as it was.",
+                f"{path}: recomputed predictions (accuracy {got:.4f}) differ from the stored ones (accuracy "
+                f"{record.accuracy:.4f}); left as it was.",
                 file=sys.stderr,
             )
             continue
-        record.predictions, record.validation_labels = labels_text(preds), labels_text(labels)
+        added = [k for k in ("predictions", "probabilities") if not getattr(record, k)]
+        record.predictions, record.validation_labels = labels_text(out.labels), labels_text(labels)
+        record.probabilities = out.probabilities[:, 1].tolist()
         here = {k: v for k, v in vars(Provenance.here()).items() if k != "predictions_recomputed"}
-        record.provenance.predictions_recomputed = here | {"at": now(), "from": record.adapter}
+        record.provenance.predictions_recomputed = here | {
+            "at": now(),
+            "from": record.adapter,
+            "added": added,
+        }
         store.update(path, record)
         written.append(path)
     return written

@@ -1,4 +1,4 @@
-"""How sure is a difference in accuracy? A bootstrap over seeds and validation examples.
+"""How sure is a difference in accuracy (or log-loss)? A bootstrap over seeds and validation examples.
 
 Every run stores its prediction for each validation sentence, so two experiments are compared on the
 same sentences (paired). The interval accounts for both sources of noise a reader meets when re-running
@@ -8,11 +8,13 @@ happened to contain (resampled once per replicate, the same for both experiments
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+
+from .errors import UsageError
 
 LEVEL = 0.95
 REPLICATES = 10_000
@@ -20,12 +22,18 @@ REPLICATES = 10_000
 
 @dataclass(frozen=True)
 class Interval:
-    """A mean accuracy (or difference of two), in points, with its bootstrap interval."""
+    """A mean accuracy (or difference of two), in points, with its bootstrap interval; for log-loss the
+    unit is nats per sentence."""
 
     mean: float
     low: float
     high: float
     seeds: tuple[int, ...] = ()
+    unit: str = "points"
+
+    @property
+    def digits(self) -> int:
+        return 2 if self.unit == "points" else 3
 
     @property
     def contains_zero(self) -> bool:
@@ -34,26 +42,40 @@ class Interval:
     @property
     def bounds(self) -> str:
         """The interval alone, signed, as ``95 % interval -0.73 to +1.86``."""
-        return f"95 % interval {self.low:+.2f} to {self.high:+.2f}"
+        return f"95 % interval {self.low:+.{self.digits}f} to {self.high:+.{self.digits}f}"
 
     @property
     def span(self) -> str:
         """The signed mean and its interval in points, as ``+0.55 points, 95 % interval -0.73 to +1.86``."""
-        return f"{self.mean:+.2f} points, {self.bounds}"
+        return f"{self.mean:+.{self.digits}f} {self.unit}, {self.bounds}"
 
     def __str__(self) -> str:
-        return f"{self.mean:.2f} (95 % interval {self.low:.2f} to {self.high:.2f})"
+        d = self.digits
+        return f"{self.mean:.{d}f} (95 % interval {self.low:.{d}f} to {self.high:.{d}f})"
 
 
 def correctness(predictions: list[str], labels: str) -> np.ndarray:
     """Seeds x examples matrix of 0/1: was the run's prediction for each validation sentence right?"""
     if any(len(p) != len(labels) for p in predictions):
-        raise ValueError(
+        raise UsageError(
             "Runs predicted different numbers of validation examples; compare runs made on the "
             "same validation split."
         )
     truth = np.frombuffer(labels.encode(), dtype=np.uint8)
     return np.stack([np.frombuffer(p.encode(), dtype=np.uint8) == truth for p in predictions]).astype(float)
+
+
+def log_losses(probabilities: list[list[float]], labels: str) -> np.ndarray:
+    """Seeds x examples matrix of each run's log-loss per validation sentence, ``-log p(true label)``, from
+    its stored probabilities of the positive class (clipped at 1e-15, as scikit-learn does)."""
+    if any(len(p) != len(labels) for p in probabilities):
+        raise UsageError(
+            "Runs scored different numbers of validation examples; compare runs made on the same "
+            "validation split."
+        )
+    positive = np.clip(np.asarray(probabilities, dtype=float), 1e-15, 1 - 1e-15)
+    truth = np.frombuffer(labels.encode(), dtype=np.uint8) == ord("1")
+    return -np.log(np.where(truth, positive, 1 - positive))
 
 
 @lru_cache(maxsize=4)
@@ -74,49 +96,67 @@ def _resampled_means(
     return ((seed_weights @ correct) * example_weights).sum(axis=1) / (seeds * correct.shape[1])
 
 
+def _seed_adjusted(runs: np.ndarray) -> np.ndarray:
+    """Each run's deviation from the seeds' mean scaled by sqrt(k / (k - 1)): resampling k seeds with
+    replacement shrinks their variance by (k - 1) / k, which with 3 seeds would narrow the interval where
+    the seed matters most (Davison and Hinkley's adjusted residuals)."""
+    k = runs.shape[0]
+    if k < 2:
+        return runs
+    centre = runs.mean(axis=0)
+    return centre + np.sqrt(k / (k - 1)) * (runs - centre)
+
+
 def bootstrap(
     a: np.ndarray,
     b: np.ndarray | None = None,
     replicates: int = REPLICATES,
     level: float = LEVEL,
     seed: int = 0,
+    unit: str = "points",
 ) -> Interval:
     """Mean accuracy of ``a`` (seeds x examples, 0/1), or the difference ``a - b`` on the same examples,
     in points, with a percentile interval from resampling seeds (each experiment's own) and examples
-    (shared by ``a`` and ``b``)."""
+    (shared by ``a`` and ``b``). With ``unit="nats"``, ``a`` and ``b`` hold per-example log-losses and the
+    result is their mean (no scaling)."""
     if b is not None and a.shape[1] != b.shape[1]:
-        raise ValueError(f"Paired comparison needs the same examples: {a.shape[1]} vs {b.shape[1]}.")
+        raise UsageError(f"Paired comparison needs the same examples: {a.shape[1]} vs {b.shape[1]}.")
     examples = _example_draws(a.shape[1], replicates, seed)
     rng = np.random.default_rng([seed, 1])  # the seeds' draws: a stream apart from the examples'
-    stat = _resampled_means(a, examples, rng)
+    stat = _resampled_means(_seed_adjusted(a), examples, rng)
     mean = a.mean()
     if b is not None:
-        stat = stat - _resampled_means(b, examples, rng)
+        stat = stat - _resampled_means(_seed_adjusted(b), examples, rng)
         mean = mean - b.mean()
     low, high = np.quantile(stat, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(100 * mean, 100 * low, 100 * high)
+    scale = 100 if unit == "points" else 1
+    return Interval(scale * mean, scale * low, scale * high, unit=unit)
 
 
-def runs_of(df: pd.DataFrame, experiment: str) -> np.ndarray:
-    """The correctness matrix of an experiment's stored runs (rows of a results table), one row per seed."""
+def runs_of(df: pd.DataFrame, experiment: str, metric: str = "accuracy") -> np.ndarray:
+    """An experiment's stored runs (rows of a results table) as a seeds x examples matrix, one row per
+    seed: 0/1 correctness (``metric="accuracy"``) or per-sentence log-loss (``metric="log-loss"``)."""
     rows = df[df["experiment"] == experiment].sort_values("seed")
     if rows.empty:
-        raise ValueError(
+        raise UsageError(
             f"No stored runs of {experiment!r}; run it with python -m lora_tutorial run "
             f"--experiments {experiment}."
         )
-    if rows["predictions"].isna().any():
-        raise ValueError(
-            f"Some runs of {experiment!r} have no stored predictions; add them with "
+    column = "predictions" if metric == "accuracy" else "probabilities"
+    if column not in rows or rows[column].isna().any():
+        raise UsageError(
+            f"Some runs of {experiment!r} have no stored {column}; add them with "
             "python -m lora_tutorial predict."
         )
-    return correctness(list(rows["predictions"]), rows["validation_labels"].iloc[0])
+    if metric == "accuracy":
+        return correctness(list(rows["predictions"]), rows["validation_labels"].iloc[0])
+    return log_losses(list(rows["probabilities"]), rows["validation_labels"].iloc[0])
 
 
 def accuracy(df: pd.DataFrame, experiment: str, **kw) -> Interval:
     """An experiment's mean validation accuracy over its seeds, with its 95 % interval (points)."""
     i = bootstrap(runs_of(df, experiment), **kw)
-    return Interval(i.mean, i.low, i.high, tuple(sorted(df[df["experiment"] == experiment]["seed"])))
+    return replace(i, seeds=tuple(sorted(df[df["experiment"] == experiment]["seed"])))
 
 
 def difference(df: pd.DataFrame, a: str, b: str, **kw) -> Interval:
@@ -124,12 +164,24 @@ def difference(df: pd.DataFrame, a: str, b: str, **kw) -> Interval:
     return bootstrap(runs_of(df, a), runs_of(df, b), **kw)
 
 
+def log_loss(df: pd.DataFrame, experiment: str, **kw) -> Interval:
+    """An experiment's mean validation log-loss (nats per sentence) over its seeds, with its interval."""
+    i = bootstrap(runs_of(df, experiment, "log-loss"), unit="nats", **kw)
+    return replace(i, seeds=tuple(sorted(df[df["experiment"] == experiment]["seed"])))
+
+
+def log_loss_difference(df: pd.DataFrame, a: str, b: str, **kw) -> Interval:
+    """Log-loss of ``a`` minus ``b`` (nats per sentence; negative: ``a`` is better), paired."""
+    return bootstrap(runs_of(df, a, "log-loss"), runs_of(df, b, "log-loss"), unit="nats", **kw)
+
+
 def verdict(diff: Interval, a: str, b: str) -> str:
     """A clause for the difference ``a - b`` that says only what its interval supports."""
     if diff.contains_zero:
         return f"no difference between {a} and {b} is detectable at this budget ({diff.span})"
-    side = "ahead of" if diff.mean > 0 else "behind"
-    return f"{a} is {side} {b} by {abs(diff.mean):.2f} points ({diff.bounds})"
+    better = diff.mean > 0 if diff.unit == "points" else diff.mean < 0  # a lower log-loss is better
+    side = "ahead of" if better else "behind"
+    return f"{a} is {side} {b} by {abs(diff.mean):.{diff.digits}f} {diff.unit} ({diff.bounds})"
 
 
 def summary_table(df: pd.DataFrame, experiments: list[str], **kw) -> pd.DataFrame:

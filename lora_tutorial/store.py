@@ -8,12 +8,16 @@ written atomically; a re-run never deletes what an earlier run computed (the old
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import shutil
 import subprocess
+import tempfile
+import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -22,11 +26,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .errors import UsageError
 from .experiments import PROFILES, Experiment, Profile, RunSpec, suites
 from .models import layer_count
 
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "peft", "lora-tutorial")
 RESULTS_ENV = "LORA_TUTORIAL_RESULTS"
+CHILD_ENV = (
+    "LORA_TUTORIAL_CHILD"  # set in a run's own process: its parent holds the run's lock, prints its line
+)
 
 
 def now() -> str:
@@ -42,6 +50,27 @@ def default_results() -> Path:
         (p / "results" for p in (Path.cwd(), *Path.cwd().parents) if (p / "results").is_dir()),
         Path("results"),
     )
+
+
+@dataclass(frozen=True)
+class DataUsed:
+    """What a run trained and was evaluated on: a SHA-256 per split (see :func:`data.fingerprint`), the
+    number of training examples and the validation labels in order."""
+
+    sha256: dict[str, str]
+    train_examples: int
+    validation_labels: str
+
+    def matches(self, record: RunRecord) -> bool:
+        """Whether ``record`` was made on this data. Records from before fingerprints were stored are
+        matched on what they do store: the number of training examples and every validation label."""
+        stored = record.config.get("data_sha256")
+        if stored is not None:
+            return stored == self.sha256
+        return (record.config.get("train_examples"), record.validation_labels) == (
+            self.train_examples,
+            self.validation_labels,
+        )
 
 
 @dataclass
@@ -161,7 +190,7 @@ class RunRecord:
     @classmethod
     def from_json(cls, d: dict) -> RunRecord:
         if "experiment" not in d:
-            raise ValueError("not a run record of lora_tutorial (it has no 'experiment' field)")
+            raise UsageError("not a run record of lora_tutorial (it has no 'experiment' field)")
         parts = {"params": Params, "timing": Timing, "memory": Memory, "provenance": Provenance}
         return cls(**{k: parts[k](**v) if k in parts else v for k, v in d.items()})
 
@@ -205,23 +234,70 @@ class ResultStore:
         return self.folder / f"{spec.stem}.json"
 
     def load(self, path: Path) -> RunRecord:
-        return RunRecord.from_json(json.loads(Path(path).read_text()))
+        try:
+            return RunRecord.from_json(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise UsageError(
+                f"{path} is not a readable run record ({e.__class__.__name__}: {e}); move it aside, or "
+                "re-run its experiment with --force (the broken file is kept under superseded/)."
+            ) from None
 
     def records(self, superseded: bool = False) -> list[tuple[Path, RunRecord]]:
-        """Every stored record (and with ``superseded``, the replaced ones too), by path."""
+        """Every readable stored record (and with ``superseded``, the replaced ones too), by path; an
+        unreadable file is skipped with a warning that names it."""
         paths = sorted(self.folder.glob("*.json"))
         if superseded:
             paths += sorted(self.folder.glob("superseded/*/*.json"))
-        return [(p, self.load(p)) for p in paths]
+        out = []
+        for p in paths:
+            try:
+                out.append((p, self.load(p)))
+            except UsageError as e:
+                warnings.warn(f"skipped: {e}", stacklevel=2)
+        return out
 
-    def find(self, spec: RunSpec) -> RunRecord | None:
+    def find(self, spec: RunSpec, data: DataUsed | None = None) -> RunRecord | None:
         """The stored, up-to-date record of this run: same experiment and seed, the profile's fixed
-        settings, and per-example predictions."""
+        settings, per-example predictions, and (given ``data``) made on the same data."""
         path = self.path(spec)
         if not path.exists():
             return None
-        record = self.load(path)
-        return record if record.predictions and not is_stale(record, spec.profile) else None
+        try:
+            record = self.load(path)
+        except UsageError:
+            return None  # unreadable: run again (write() moves the broken file aside)
+        current = record.predictions and not is_stale(record, spec.profile)
+        return record if current and (data is None or data.matches(record)) else None
+
+    def check_writable(self) -> None:
+        """Fail now, not after training, if records cannot be written here."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".tmp"):
+                pass
+        except OSError as e:
+            raise UsageError(
+                f"Cannot write results to {self.folder} ({e.strerror}); pick a writable folder with "
+                f"--results or ${RESULTS_ENV}."
+            ) from None
+
+    @contextmanager
+    def lock(self, spec: RunSpec, wait: bool = False):
+        """Hold the run's lock (``locks/<stem>.lock``) while the block trains it; yields False, without
+        waiting, if another process holds it (with ``wait``, waits for it). The lock is released when
+        the process ends, however it ends."""
+        folder = self.folder / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{spec.stem}.lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def remove_partial_writes(self) -> None:
         for stale in self.folder.glob("*.tmp"):
@@ -249,15 +325,23 @@ class ResultStore:
         write_json_atomic(path, record.to_json())
 
     def supersede(self, path: Path) -> None:
-        """Move a stored record (and its adapter) to ``superseded/<its finish time>/``."""
+        """Move a stored record (and its adapter) to ``superseded/<its finish time>/``; an unreadable one
+        to ``superseded/unreadable-<now>/``. Nothing there is ever overwritten."""
         if not path.exists():
             return
-        old = json.loads(path.read_text())
-        finished = old["timing"]["finished"] if "timing" in old else old.get("finished", "unknown")
-        folder = path.parent / "superseded" / finished.replace(":", "")
+        try:
+            old = json.loads(path.read_text())
+            stamp, adapter = old["timing"]["finished"], old.get("adapter")
+        except (ValueError, KeyError, TypeError):
+            stamp, adapter = f"unreadable-{now()}", None
+        base = path.parent / "superseded" / stamp.replace(":", "")
+        folder, n = base, 1
+        while (folder / path.name).exists():  # the same run superseded twice with one finish time
+            n += 1
+            folder = base.with_name(f"{base.name}-{n}")
         (folder / "adapters").mkdir(parents=True, exist_ok=True)
-        if old.get("adapter") and (path.parent / old["adapter"]).exists():
-            (path.parent / old["adapter"]).rename(folder / old["adapter"])
+        if adapter and (path.parent / adapter).exists():
+            (path.parent / adapter).rename(folder / adapter)
         path.rename(folder / path.name)
 
     def frame(self, superseded: bool = False) -> pd.DataFrame:
@@ -315,6 +399,7 @@ class ResultStore:
                     "superseded": old,
                     "predictions": r.predictions,
                     "validation_labels": r.validation_labels,
+                    "probabilities": r.probabilities,
                     "adapter": str((path.parent / r.adapter).resolve()) if r.adapter else None,
                     "file": str(path),
                 }

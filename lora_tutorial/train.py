@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from .data import LengthGroupedBatches, padding_fraction, random_batches
+from .errors import LossDiverged
 
 
 def distributed_state() -> PartialState:
@@ -241,8 +242,8 @@ def train(
             for batch in bar:
                 loss = model(**batch).loss
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"The loss became {loss.item()} at step {step} (epoch {epoch + 1}); "
+                    raise LossDiverged(
+                        f"The loss diverged (became {loss.item()}) at step {step} (epoch {epoch + 1}); "
                         f"lower the learning rate (now {cfg.lr:g}) and run again."
                     )
                 accelerator.backward(loss)

@@ -1,6 +1,28 @@
 """Shared test helpers."""
 
+import subprocess
+import sys
+
 import torch
+
+from lora_tutorial.cli import main
+
+
+def cli(*args, cwd=None, **kwargs):
+    """The command line in a new interpreter, as a shell runs it."""
+    command = [sys.executable, "-m", "lora_tutorial", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, **kwargs)
+
+
+def typed(capsys, *args) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of the command line called in this process."""
+    try:
+        main(list(args))
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    out = capsys.readouterr()
+    return status, out.out, out.err
 
 
 def randomize_lora(model, seed=1):

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def test_rank_mismatch(tiny, tmp_path):
     apply_lora(tiny, LoRAConfig(r=4))
     save_adapter(tiny, tmp_path)
     apply_lora(other, LoRAConfig(r=8))
-    with pytest.raises(ValueError, match="rank is r=8 but the adapter .* has r=4"):
+    with pytest.raises(ValueError, match=r"differs from the adapter in .* \(r=8 vs 4; the model's first\)"):
         load_adapter(other, tmp_path)
 
 
@@ -85,3 +86,63 @@ def test_non_lora_adapter(tiny, tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
     with pytest.raises(ValueError, match="is a IA3 adapter; only LoRA"):
         load_adapter(tiny, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "saved, adapted, says",
+    [
+        (LoRAConfig(r=4, alpha=64), LoRAConfig(r=4, alpha=8), "alpha=8 vs 64"),
+        (LoRAConfig(r=4, rslora=True), LoRAConfig(r=4), "rslora=False vs True"),
+        (LoRAConfig(r=4), LoRAConfig(r=4, dora=True), "dora=True vs False"),
+        (LoRAConfig(r=4), LoRAConfig(r=4, target_modules=("query",)), "target_modules="),
+        (LoRAConfig(r=4), LoRAConfig(r=4, layers=[1]), "layers=[1] vs None"),
+    ],
+)
+def test_an_adapted_model_takes_only_an_adapter_that_computes_the_same_function(
+    tiny, tmp_path, saved, adapted, says
+):
+    other = copy.deepcopy(tiny)
+    apply_lora(tiny, saved)
+    save_adapter(tiny, tmp_path)
+    apply_lora(other, adapted)
+    before = copy.deepcopy(other.state_dict())
+    with pytest.raises(ValueError, match=re.escape(says)):
+        load_adapter(other, tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "field, value, says",
+    [
+        ("alpha_pattern", {"query": 64}, "sets alpha_pattern"),
+        ("rank_pattern", {"value": 2}, "sets rank_pattern"),
+        ("bias", "all", "sets bias='all'"),
+        ("init_lora_weights", "olora", "init_lora_weights='olora' is not one of this library's"),
+    ],
+)
+def test_a_peft_setting_this_library_lacks_is_refused_not_ignored(tiny, tmp_path, field, value, says):
+    base = copy.deepcopy(tiny)
+    apply_lora(tiny, LoRAConfig(r=4))
+    save_adapter(tiny, tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text()) | {field: value}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=re.escape(says)):
+        load_adapter(base, tmp_path)
+    assert not lora_layers(base)
+
+
+def test_a_damaged_adapter_is_refused_with_its_path_and_the_model_left_as_it_was(tiny, tmp_path):
+    base = copy.deepcopy(tiny)
+    apply_lora(tiny, LoRAConfig(r=4))
+    save_adapter(tiny, tmp_path)
+    (tmp_path / "adapter_model.safetensors").unlink()
+    with pytest.raises(ValueError, match=f"No adapter_model.safetensors in {re.escape(str(tmp_path))}"):
+        load_adapter(base, tmp_path)
+    assert not lora_layers(base)
+    save_adapter(tiny, tmp_path)
+    config = tmp_path / "adapter_config.json"
+    config.write_text(config.read_text()[:40])  # cut short
+    with pytest.raises(ValueError, match=f"{re.escape(str(config))} is not valid JSON"):
+        load_adapter(base, tmp_path)
+    assert not lora_layers(base)
+    assert all(p.requires_grad for p in base.parameters())

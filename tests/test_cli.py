@@ -3,29 +3,11 @@ Most cases call its ``main`` in this process (what a user's shell runs, without 
 one mistake and the runs go through a real ``python -m lora_tutorial``."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from helpers import cli, typed
 
 from lora_tutorial.cli import main
-
-
-def cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "lora_tutorial", *args], capture_output=True, text=True, cwd=cwd
-    )
-
-
-def typed(capsys, *args) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of the command line called in this process."""
-    try:
-        main(list(args))
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    out = capsys.readouterr()
-    return status, out.out, out.err
 
 
 @pytest.mark.parametrize(
@@ -79,19 +61,21 @@ def test_runs_made_in_their_own_processes_come_back_as_json(learnable, tmp_path)
     data = ["--data", str(learnable), "--results", str(tmp_path), "--no-progress"]
     made = cli("run", "--experiments", "lora-r2-e1", "--seeds", "3", "4", *data)  # two runs: two processes
     assert made.returncode == 0, made.stderr[-2000:]
+    assert [line.split()[0] for line in made.stdout.splitlines()] == ["lora-r2-qv-e1-n2048@1e-2"] * 2  # once
     assert "examples/s" not in made.stderr  # --no-progress: not even datasets' tokenizing bar
     assert "it/s" not in made.stderr
     runs = json.loads(cli("results", "--profile", "smoke", "--results", str(tmp_path), "--json").stdout)
     assert [r["seed"] for r in runs] == [3, 4]
     run = runs[0]
-    assert run["experiment"] == "lora-r2-qv-e1-n2048@3e-3"
-    assert (run["method"], run["rank"], run["seed"], run["epochs"], run["lr"]) == ("lora", 2, 3, 1, 3e-3)
+    assert run["experiment"] == "lora-r2-qv-e1-n2048@1e-2"
+    assert (run["method"], run["rank"], run["seed"], run["epochs"], run["lr"]) == ("lora", 2, 3, 1, 1e-2)
     assert run["target_modules"] == ["query", "value"]
     assert run["layers"] is None
     assert run["train_examples"] == 1024
     assert run["predictions"] == 256
     assert 0 <= run["validation_accuracy"] <= 1
     assert run["current"] is True
+    assert (run["scaling_rule"], run["alpha"], run["probabilities"]) == ("alpha = 2r", 4, 256)
     assert run["adapter"].startswith(str(tmp_path))
     assert run["adapter"].endswith("__seed3")
 

@@ -52,6 +52,28 @@ def test_malformed_lines(folder, line, message):
         D.load_sst2(folder)
 
 
+def test_a_byte_that_is_not_utf8_is_named_with_its_file_and_line(folder):
+    path = folder / "train.tsv"
+    path.write_bytes(path.read_bytes() + b"caf\xe9 au lait\t1\n")  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match=r"train.tsv:5: byte 0xe9 at column 4 is not UTF-8; save the file"):
+        D.load_sst2(folder)
+
+
+def test_a_byte_order_mark_is_read_as_utf8(folder):
+    path = folder / "train.tsv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # what some editors write first
+    assert D.load_sst2(folder)["train"]["label"] == [1, 0, 1]
+
+
+def test_the_environment_variable_set_to_a_file_or_to_nothing_says_so(folder, monkeypatch):
+    monkeypatch.setenv(D.ENV_VAR, str(folder / "train.tsv"))
+    with pytest.raises(ValueError, match=r"train.tsv is a file; SST-2 is read from the folder"):
+        D.load_sst2()
+    monkeypatch.setenv(D.ENV_VAR, "")
+    with pytest.raises(ValueError, match="LORA_TUTORIAL_SST2 is set but empty"):
+        D.load_sst2()
+
+
 def test_empty_split(folder):
     write_split(folder, "validation", [])
     with pytest.raises(ValueError, match="validation.tsv: the split is empty"):

@@ -159,6 +159,9 @@ def test_merge_save_load_merge_does_not_double_merge(tiny, batch):
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
         (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
         (dict(init="xavier"), "Unknown LoRA init 'xavier'; choose one of"),
+        (dict(alpha=float("nan")), "alpha must be > 0"),
+        (dict(alpha=float("inf")), "alpha must be > 0"),
+        (dict(r=True), "rank r must be a positive integer"),
     ],
 )
 def test_bad_hyperparameters(kwargs, message):
@@ -171,6 +174,22 @@ def test_bad_hyperparameters(kwargs, message):
 def test_no_module_matched(tiny):
     with pytest.raises(ValueError, match=r"No nn.Linear matched target_modules=\['q_proj'\]; print\(model\)"):
         apply_lora(tiny, LoRAConfig(target_modules=("q_proj",)))
+    assert not lora_layers(tiny)
+    assert all(p.requires_grad for p in tiny.parameters())
+
+
+def test_a_single_target_or_trainable_name_is_one_module_not_its_letters(tiny):
+    summary = apply_lora(tiny, LoRAConfig(target_modules="query", trainable="classifier"))
+    assert tiny.lora_config.target_modules == ("query",)
+    assert len(summary.wrapped) == 2  # one query per layer
+    assert summary.trainable == ["classifier"]
+
+
+def test_a_misspelt_trainable_module_is_an_error_not_an_untrained_head(tiny):
+    with pytest.raises(ValueError, match=r"no module is named 'classifer'; print\(model\)"):
+        apply_lora(tiny, LoRAConfig(trainable=("classifer",)))
+    with pytest.raises(ValueError, match="no module is named 'score'"):  # BERT's head is the classifier
+        apply_lora(tiny, LoRAConfig(trainable=("score",)))
     assert not lora_layers(tiny)
     assert all(p.requires_grad for p in tiny.parameters())
 

@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+import torch
 from helpers import randomize_lora
 from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -98,3 +99,43 @@ def test_the_studys_stored_adapters_load_in_peft(minilm, batch, kind):
     theirs = PeftModel.from_pretrained(copy.deepcopy(minilm), paths[0]).eval()
     ours = load_adapter(copy.deepcopy(minilm), paths[0]).eval()
     assert (ours(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
+
+
+def test_an_adapter_that_trains_no_head_loads_in_peft(tiny, batch, tmp_path):
+    base = copy.deepcopy(tiny)
+    apply_lora(tiny, LoRAConfig(r=4, trainable=()))
+    randomize_lora(tiny)
+    save_adapter(tiny, tmp_path)
+    theirs = PeftModel.from_pretrained(base, tmp_path).eval()
+    torch.testing.assert_close(theirs(**batch).logits, tiny.eval()(**batch).logits, atol=1e-6, rtol=0)
+
+
+def test_pissa_starts_at_w_and_matches_peft(tiny, batch):
+    """PiSSA's A, B are W's top singular directions and the base keeps the rest: at the start the model
+    computes what it did before, and the same as peft's init_lora_weights="pissa", before and after the
+    update moves."""
+    before = tiny.eval()(**batch).logits
+    theirs = get_peft_model(copy.deepcopy(tiny), LoraConfig(**LoRAConfig(r=4, init="pissa").to_peft())).eval()
+    apply_lora(tiny, LoRAConfig(r=4, init="pissa"))
+    torch.testing.assert_close(tiny(**batch).logits, before, atol=1e-5, rtol=0)
+    layer = next(iter(lora_layers(tiny).values()))
+    w = layer.base.weight + layer.delta_weight()
+    s = torch.linalg.svdvals(w)
+    torch.testing.assert_close(torch.linalg.svdvals(layer.delta_weight())[:4], s[:4], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(theirs(**batch).logits, tiny(**batch).logits, atol=1e-5, rtol=0)
+    randomize_lora(tiny)
+    copy_to_peft(tiny, theirs)
+    torch.testing.assert_close(theirs(**batch).logits, tiny(**batch).logits, atol=1e-5, rtol=0)
+
+
+def test_a_pissa_adapter_travels_both_ways(tiny, batch, tmp_path):
+    base = copy.deepcopy(tiny)
+    apply_lora(tiny, LoRAConfig(r=4, init="pissa", trainable=("classifier",)))
+    randomize_lora(tiny)
+    save_adapter(tiny, tmp_path / "ours")
+    theirs = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours").eval()
+    torch.testing.assert_close(theirs(**batch).logits, tiny.eval()(**batch).logits, atol=1e-5, rtol=0)
+    theirs.save_pretrained(tmp_path / "theirs")
+    back = load_adapter(copy.deepcopy(base), tmp_path / "theirs").eval()
+    assert back.lora_config.init == "pissa"
+    torch.testing.assert_close(back(**batch).logits, tiny(**batch).logits, atol=1e-5, rtol=0)
