@@ -150,7 +150,13 @@ def test_killing_the_command_ends_the_run_it_started(learnable, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_is_one_line_that_says_how_to_resume(learnable, tmp_path):
     args = command(learnable, tmp_path, "--experiments", "full-e3", "--seeds", "0")  # one run: no child
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(  # as a shell's foreground job: SIGINT not ignored (a background job's is)
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not list((tmp_path / "smoke").glob("locks/*.lock")) and time.monotonic() < deadline:
         time.sleep(0.1)  # training has started
