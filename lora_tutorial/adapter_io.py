@@ -93,7 +93,12 @@ UNSUPPORTED = {
     "lora_bias": False,
 }
 #: The LoRAConfig fields that change the function an adapter computes; an adapted model must agree on all.
-FUNCTION_FIELDS = ("r", "alpha", "rslora", "dora", "target_modules", "layers", "trainable")
+FUNCTION_FIELDS = ("r", "alpha", "variant", "target_modules", "layers", "trainable")
+
+
+def _setting(config: LoRAConfig, field: str):
+    value = getattr(config, field)  # names of target modules are a set (peft writes them in any order)
+    return frozenset(value) if field == "target_modules" and not isinstance(value, str) else value
 
 
 def read_adapter_config(path: str | Path) -> LoRAConfig:
@@ -138,7 +143,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
             for n, p in model.named_parameters():
                 p.requires_grad_(requires_grad[n])
             raise
-    differ = [f for f in FUNCTION_FIELDS if getattr(current, f) != getattr(config, f)]
+    differ = [f for f in FUNCTION_FIELDS if _setting(current, f) != _setting(config, f)]
     if differ:
         said = ", ".join(f"{f}={getattr(current, f)!r} vs {getattr(config, f)!r}" for f in differ)
         raise UsageError(

@@ -9,13 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from .adapter_io import PREFIX, WEIGHTS_FILE, read_adapter_config
-from .lora import lora_scaling
 
 
 def adapter_matrices(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """``{module name: (A, B, scaling)}`` for every adapted layer of a saved adapter."""
     config = read_adapter_config(path)
-    scaling = lora_scaling(config.r, config.alpha, config.rslora)
+    scaling = config.scaling
     tensors = load_file(Path(path) / WEIGHTS_FILE)
     names = sorted(
         k.removeprefix(PREFIX).removesuffix(".lora_A.weight") for k in tensors if k.endswith(".lora_A.weight")

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from .errors import UsageError
-from .lora import FFN, LoRAConfig, lora_scaling
+from .lora import FFN, VARIANTS, LoRAConfig
 
 HEAD = ("classifier", "pooler")  # trained by every method (the embedded model's pooler was never trained)
 RANKS = (1, 4, 8, 16, 32)
@@ -32,7 +32,20 @@ MODULE_SETS = {
     "ffn": FFN,  # the two feed-forward matrices only (a pattern: "output.dense" would match attention's too)
 }  # qkvo-ffn: every linear layer of the encoder
 ALL_LINEAR = "qkvo-ffn"
-VARIANT_NAMES = ("lora", "rslora", "dora", "loraplus", "pissa")
+LORAPLUS_RATIO = 16.0  # LoRA+: B's learning rate over A's (Hayou et al., 2024)
+#: Each optimiser rule by name: B's learning rate over A's (AdamW over the trainable parameters in both).
+OPTIMIZERS = {"adamw": 1.0, "loraplus": LORAPLUS_RATIO}
+#: The word a LoRA experiment's name starts with, and what it selects: the layer variant (a name in
+#: ``lora.VARIANTS``) and the optimiser rule (``OPTIMIZERS``). The name grammar is built from this table.
+PREFIXES = {
+    "lora": ("lora", "adamw"),
+    "rslora": ("rslora", "adamw"),
+    "dora": ("dora", "adamw"),
+    "loraplus": ("lora", "loraplus"),
+    "pissa": ("pissa", "adamw"),
+}
+VARIANT_NAMES = tuple(PREFIXES)  # plain LoRA, then the variants the study compares with it
+HALVES = ("lower", "upper")  # the layer sets a name may give besides one layer (layer<i>)
 #: What each kind's learning-rate sweep trains (on the ablation budget); the first three are the headline's.
 SWEEP_BASES = {
     "full": "full",
@@ -51,7 +64,6 @@ SCALING_RULES = {
     "alpha / r, alpha = 32": "lora-r{r}-qv-a32",  # s = 32 / r (the LoRA paper; LoRA Without Regret)
     "alpha / sqrt(r), alpha = 8": "rslora-r{r}-qv-a8",  # s = 8 / sqrt(r) (rsLoRA)
 }  # all three give s = 2 at r = 16, so the r = 16 runs belong to each
-LORAPLUS_RATIO = 16.0  # LoRA+: B's learning rate over A's (Hayou et al., 2024)
 
 
 @dataclass(frozen=True)
@@ -159,30 +171,35 @@ def lr_text(lr: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
+def _alternatives(words) -> str:
+    return "|".join(sorted(map(re.escape, words), key=len, reverse=True))  # longest first: qkvo-ffn, qkvo
+
+
 _NAME = re.compile(
-    r"(?:(full|head)|(lora|rslora|dora|loraplus|pissa)-r(\d+)(?:-(q|v|qv|qkvo-ffn|qkvo|ffn))?"
-    r"(?:-(lower|upper|layer\d+))?(?:-a(\d+(?:\.\d+)?))?)(?:-e(\d+))?(?:-n(\d+))?(?:@(.+))?"
+    rf"(?:(full|head)|({_alternatives(PREFIXES)})-r(\d+)(?:-({_alternatives(MODULE_SETS)}))?"
+    rf"(?:-({_alternatives(HALVES)}|layer\d+))?(?:-a(\d+(?:\.\d+)?))?)(?:-e(\d+))?(?:-n(\d+))?(?:@(.+))?"
 )
-#: How an experiment name is written (the error for an unknown name quotes it).
+#: How an experiment name is written (the error for an unknown name quotes it); built from the same tables.
 GRAMMAR = (
-    "full | head | lora-r<r>[-q|-v|-qv|-qkvo|-qkvo-ffn|-ffn][-lower|-upper|-layer<i>][-a<alpha>][-e<epochs>]"
-    "[-n<examples>][@<lr>] (rslora-, dora-, loraplus-, pissa- for lora-; no -a: alpha = 2r), e.g. lora-r16, "
-    "lora-r8-layer3, lora-r4-a32, full@5e-5, lora-r8-upper-n20000"
+    f"full | head | lora-r<r>[{'|'.join(f'-{t}' for t in MODULE_SETS)}][{'|'.join(f'-{h}' for h in HALVES)}"
+    "|-layer<i>][-a<alpha>][-e<epochs>][-n<examples>][@<lr>] "
+    f"({', '.join(f'{p}-' for p in PREFIXES if p != 'lora')} for lora-; no -a: alpha = 2r), "
+    "e.g. lora-r16, lora-r8-layer3, lora-r4-a32, full@5e-5, lora-r8-upper-n20000"
 )
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """What one run trains: ``full``, ``head`` (head only) or ``lora`` (one of its variants), with the
-    learning rate, epochs and number of training examples (``None``: the profile's)."""
+    """What one run trains: ``full``, ``head`` (head only) or ``lora``; for LoRA its rank, targets (a key of
+    ``MODULE_SETS``), layers, layer variant, scaling (``alpha``) and optimiser rule; and the learning rate,
+    epochs and number of training examples (``None``: the profile's)."""
 
     method: str
     r: int | None = None
     target: str = "qv"
-    layers: str = "all"  # "all", "lower", "upper" or a single layer index as a string
-    variant: str = (
-        "lora"  # lora, rslora (alpha/sqrt r), dora, loraplus (B learns 16x faster), pissa (SVD init)
-    )
+    layers: str | int = "all"  # "all", "lower", "upper" or one layer's index
+    variant: str = "lora"  # the layer (lora.VARIANTS): lora, rslora (alpha/sqrt r), dora, pissa (SVD init)
+    optimizer: str = "adamw"  # OPTIMIZERS: adamw, or loraplus (B learns 16x faster)
     alpha: float | None = (
         None  # None: alpha = 2r; else a fixed alpha (the scale is alpha/r, rslora alpha/sqrt r)
     )
@@ -193,15 +210,30 @@ class Experiment:
     )
 
     def __post_init__(self) -> None:
-        """One canonical form per run: a fixed alpha that gives the scale alpha = 2r gives becomes None."""
-        if self.method != "lora" or self.alpha is None:
+        """Checks the words, then gives one canonical form per run: a fixed alpha that gives the scale
+        alpha = 2r gives becomes None (and rsLoRA at that scale is plain LoRA)."""
+        if self.method != "lora":
+            return
+        if (self.variant, self.optimizer) not in PREFIXES.values() or self.target not in MODULE_SETS:
+            raise UsageError(
+                f"No LoRA experiment has variant={self.variant!r}, optimizer={self.optimizer!r}, "
+                f"target={self.target!r}; use {GRAMMAR}."
+            )
+        if self.alpha is None:
             return
         if self.alpha <= 0 or not math.isfinite(self.alpha):
             raise UsageError(f"LoRA alpha must be a positive number, got {self.alpha!r}.")
-        if math.isclose(lora_scaling(self.r, self.alpha, self.variant == "rslora"), 2.0):
+        if math.isclose(VARIANTS[self.variant].scaling(self.r, self.alpha), 2.0):
             object.__setattr__(self, "alpha", None)
             if self.variant == "rslora":
                 object.__setattr__(self, "variant", "lora")
+
+    @property
+    def prefix(self) -> str | None:
+        """The word a LoRA name starts with (``PREFIXES``); None for full and head-only training."""
+        if self.method != "lora":
+            return None
+        return next(p for p, pair in PREFIXES.items() if pair == (self.variant, self.optimizer))
 
     @property
     def scaling_rule(self) -> str | None:
@@ -241,14 +273,15 @@ class Experiment:
         epochs, examples = (int(g) if g else None for g in m.group(7, 8))
         if m.group(1):
             return cls(m.group(1), lr=lr, epochs=epochs, train_examples=examples)
+        variant, optimizer = PREFIXES[m.group(2)]
+        layers = m.group(5) or "all"
         return cls(
             "lora",
             r=int(m.group(3)),
             target=m.group(4) or "qv",
-            layers=str(int(m.group(5)[5:]))
-            if (m.group(5) or "").startswith("layer")
-            else m.group(5) or "all",
-            variant=m.group(2),
+            layers=int(layers[5:]) if layers.startswith("layer") else layers,
+            variant=variant,
+            optimizer=optimizer,
             alpha=float(m.group(6)) if m.group(6) else None,
             lr=lr,
             epochs=epochs,
@@ -258,9 +291,9 @@ class Experiment:
     @property
     def name(self) -> str:
         """The name that parses back to this experiment."""
-        parts = [self.method if self.method != "lora" else f"{self.variant}-r{self.r}-{self.target}"]
+        parts = [self.method if self.method != "lora" else f"{self.prefix}-r{self.r}-{self.target}"]
         if self.method == "lora" and self.layers != "all":
-            parts.append(self.layers if not self.layers.isdigit() else f"layer{self.layers}")
+            parts.append(self.layers if isinstance(self.layers, str) else f"layer{self.layers}")
         if self.method == "lora" and self.alpha is not None:
             parts.append(f"a{self.alpha:g}")
         if self.epochs is not None:
@@ -272,17 +305,18 @@ class Experiment:
     @property
     def kind(self) -> str:
         """Which of a profile's ``lr``, ``epochs`` and ``sweep`` entries applies: full, head, lora,
-        lora-qkvo-ffn (plain LoRA on every linear layer), or the variant (rslora, dora, loraplus)."""
+        lora-qkvo-ffn (plain LoRA on every linear layer), or the variant's word (rslora, dora, loraplus,
+        pissa): each is tuned on its own."""
         if self.method != "lora":
             return self.method
-        if self.variant != "lora":
-            return self.variant
+        if self.prefix != "lora":
+            return self.prefix
         return f"lora-{ALL_LINEAR}" if self.target == ALL_LINEAR else "lora"
 
     @property
     def lr_ratio_b(self) -> float:
         """B's learning rate over A's (LoRA+)."""
-        return LORAPLUS_RATIO if self.variant == "loraplus" else 1.0
+        return OPTIMIZERS[self.optimizer]
 
     def resolve(self, profile: Profile) -> Experiment:
         """The same experiment with the profile's learning rate, epochs and budget filled in."""
@@ -301,7 +335,7 @@ class Experiment:
         """The LoRAConfig for a model with ``num_layers`` layers (alpha: see :attr:`lora_alpha`)."""
         half = num_layers // 2
         layers = {"all": None, "lower": list(range(half)), "upper": list(range(half, num_layers))}.get(
-            self.layers, [int(self.layers)] if self.layers.isdigit() else None
+            self.layers, [self.layers]
         )
         if layers is not None and not all(0 <= i < num_layers for i in layers):
             raise UsageError(
@@ -315,9 +349,7 @@ class Experiment:
             target_modules=MODULE_SETS[self.target],
             layers=layers,
             trainable=HEAD,
-            rslora=self.variant == "rslora",
-            dora=self.variant == "dora",
-            init="pissa" if self.variant == "pissa" else "kaiming",
+            variant=self.variant,
         )
 
 

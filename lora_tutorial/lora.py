@@ -1,7 +1,9 @@
 """LoRA from scratch: a wrapper around a frozen ``nn.Linear`` and the helpers that put it in a model.
 
 The adapted layer computes ``h = W x + b + s * B A dropout(x)`` with ``A`` of shape r x in,
-``B`` of shape out x r (zero at init) and ``s = alpha / r`` (``alpha / sqrt(r)`` for rsLoRA).
+``B`` of shape out x r (zero at init) and ``s = alpha / r``. A :class:`Variant` changes one or more of the
+steps (scale, initialisation, forward, merge): rsLoRA's ``alpha / sqrt(r)`` here, DoRA in dora.py, PiSSA in
+pissa.py.
 """
 
 from __future__ import annotations
@@ -25,12 +27,7 @@ def is_lora_param(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in LORA_PARAMS
 
 
-def lora_scaling(r: int, alpha: float, rslora: bool = False) -> float:
-    """The factor s in ``s * B A``: ``alpha / r``, or ``alpha / sqrt(r)`` for rsLoRA."""
-    return alpha / math.sqrt(r) if rslora else alpha / r
-
-
-def _check_hparams(r: int, alpha: float, dropout: float, init: str) -> None:
+def _check_hparams(r: int, alpha: float, dropout: float, init: str, variant: str) -> None:
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
         raise UsageError(f"LoRA rank r must be a positive integer, got {r!r}; use e.g. r=8.")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
@@ -39,6 +36,10 @@ def _check_hparams(r: int, alpha: float, dropout: float, init: str) -> None:
         raise UsageError(f"LoRA dropout must be in [0, 1), got {dropout!r}; use 0.0 to disable it.")
     if init not in INITIALISERS:
         raise UsageError(f"Unknown LoRA init {init!r}; choose one of {tuple(INITIALISERS)}.")
+    if variant not in VARIANTS:
+        raise UsageError(f"Unknown LoRA variant {variant!r}; choose one of {tuple(VARIANTS)}.")
+    if "init_lora_weights" in VARIANTS[variant].peft and init != "kaiming":
+        raise UsageError(f"The {variant} variant sets A and B itself; drop init={init!r}.")
 
 
 class LoRADropout(nn.Dropout):
@@ -61,15 +62,15 @@ class LoRALinear(nn.Module):
         alpha: float,
         dropout: float = 0.0,
         init: str = "kaiming",
-        rslora: bool = False,
+        variant: str = "lora",
     ) -> None:
         super().__init__()
-        _check_hparams(r, alpha, dropout, init)
+        _check_hparams(r, alpha, dropout, init, variant)
         if not isinstance(base, nn.Linear):
             raise UsageError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}.")
         self.base = base.requires_grad_(False)
-        self.r, self.alpha, self.rslora, self.init = r, alpha, rslora, init
-        self.scaling = lora_scaling(r, alpha, rslora)
+        self.r, self.alpha, self.init, self.variant = r, alpha, init, VARIANTS[variant]
+        self.scaling = self.variant.scaling(r, alpha)
         w = base.weight
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=w.device, dtype=w.dtype))
@@ -79,14 +80,16 @@ class LoRALinear(nn.Module):
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
-        """Initialise A and B by the layer's ``init`` (see ``INITIALISERS``)."""
-        INITIALISERS[self.init](self)
+        """Initialise A and B (and any parameter the variant adds) as the layer's variant says."""
+        self.variant.init(self)
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        """The low-rank path alone, ``scaling * B A dropout(x)``."""
+        return F.linear(F.linear(self.dropout(x), self.lora_A) * self.scaling, self.lora_B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``W x + b + scaling * B A dropout(x)``; once merged, just the base layer."""
-        if self.merged:
-            return self.base(x)
-        return self.base(x) + F.linear(F.linear(self.dropout(x), self.lora_A) * self.scaling, self.lora_B)
+        """``W x + b + scaling * B A dropout(x)`` (or the variant's forward); once merged, the base layer."""
+        return self.base(x) if self.merged else self.variant.forward(self, x)
 
     def delta_weight(self) -> torch.Tensor:
         """The update ``scaling * B @ A``, shaped like the base weight."""
@@ -96,18 +99,21 @@ class LoRALinear(nn.Module):
     def merge(self) -> None:
         """Fold the update into the base weight (W <- W + dW); a no-op if already merged."""
         if not self.merged:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.variant.merge(self)
             self.merged.fill_(True)
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """Take the update back out of the base weight (W <- W - dW); a no-op if not merged."""
         if self.merged:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.variant.unmerge(self)
             self.merged.fill_(False)
 
     def extra_repr(self) -> str:
-        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, merged={bool(self.merged)}"
+        variant = "" if self.variant.name == "lora" else f"{self.variant.name}, "
+        return (
+            f"{variant}r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, merged={bool(self.merged)}"
+        )
 
 
 def kaiming_init(layer: LoRALinear) -> None:
@@ -122,16 +128,58 @@ def gaussian_init(layer: LoRALinear) -> None:
     nn.init.zeros_(layer.lora_B)
 
 
-#: How a layer's A and B start, by name; a module may add one (pissa.py adds "pissa").
+#: How plain LoRA's A and B start, by name (``LoRAConfig.init``).
 INITIALISERS = {"kaiming": kaiming_init, "gaussian": gaussian_init}
 
-# The layer class of each variant; a variant module registers itself (dora.py adds "dora").
-VARIANTS: dict[str, type[LoRALinear]] = {"lora": LoRALinear}
+#: This library's name for each of peft's init_lora_weights values that only draws A (False, peft's random B
+#: for tests, reads as kaiming); a variant that sets A and B itself (PiSSA) is selected by its own value.
+PEFT_INITS = {True: "kaiming", False: "kaiming", None: "kaiming", "gaussian": "gaussian"}
 
 
-#: This library's name for each of peft's init_lora_weights values (False, peft's random B for tests, reads
-#: as kaiming).
-PEFT_INITS = {True: "kaiming", False: "kaiming", None: "kaiming", "gaussian": "gaussian", "pissa": "pissa"}
+class Variant:
+    """One way of computing a LoRA layer, in the spirit of peft's ``LoraVariant``: its scale, how A and B
+    (and any parameter it adds) start, its forward, and how it folds into the base weight and back. This
+    base class is plain LoRA; a variant overrides the steps it changes and is registered in
+    :data:`VARIANTS` (dora.py adds DoRA, pissa.py PiSSA)."""
+
+    name = "lora"
+    #: The peft ``LoraConfig`` fields that select this variant; ``to_peft``/``from_peft`` map through them.
+    peft: dict = {}
+
+    def scaling(self, r: int, alpha: float) -> float:
+        """The factor s in ``s * B A``."""
+        return alpha / r
+
+    def init(self, layer: LoRALinear) -> None:
+        """Set A and B: by the layer's ``init`` (``INITIALISERS``), B zero so the update starts at 0."""
+        INITIALISERS[layer.init](layer)
+
+    def forward(self, layer: LoRALinear, x: torch.Tensor) -> torch.Tensor:
+        """The unmerged layer's output."""
+        return layer.base(x) + layer.update(x)
+
+    def merge(self, layer: LoRALinear) -> None:
+        """W <- W + dW (under ``no_grad``)."""
+        layer.base.weight += layer.delta_weight().to(layer.base.weight.dtype)
+
+    def unmerge(self, layer: LoRALinear) -> None:
+        """W <- W - dW: ``merge`` undone."""
+        layer.base.weight -= layer.delta_weight().to(layer.base.weight.dtype)
+
+
+class RsLoRA(Variant):
+    """rsLoRA (Kalajdzievski, 2023): the scale ``alpha / sqrt(r)``, all else plain LoRA."""
+
+    name, peft = "rslora", {"use_rslora": True}
+
+    def scaling(self, r: int, alpha: float) -> float:
+        return alpha / math.sqrt(r)
+
+
+#: Every variant by name (``LoRAConfig.variant``); a variant module registers its own.
+VARIANTS: dict[str, Variant] = {"lora": Variant(), "rslora": RsLoRA()}
+#: peft's value for each field a variant sets, when no variant sets it.
+PEFT_PLAIN = {"use_rslora": False, "use_dora": False}
 
 
 @dataclass
@@ -144,13 +192,12 @@ class LoRAConfig:
     dropout: float = 0.0
     target_modules: tuple[str, ...] | str = ("query", "value")  # names, or one pattern (a str; see matches)
     layers: list[int] | None = None
-    rslora: bool = False
     init: str = "kaiming"
     trainable: tuple[str, ...] = ("classifier",)
-    dora: bool = False
+    variant: str = "lora"  # a name in VARIANTS: lora, rslora, dora, pissa
 
     def __post_init__(self) -> None:
-        _check_hparams(self.r, self.alpha, self.dropout, self.init)
+        _check_hparams(self.r, self.alpha, self.dropout, self.init, self.variant)
         # a single name is one module, not its letters
         if isinstance(self.target_modules, str):
             try:
@@ -175,6 +222,11 @@ class LoRAConfig:
         if self.layers is not None:
             self.layers = sorted(set(int(i) for i in self.layers))
 
+    @property
+    def scaling(self) -> float:
+        """The factor s in ``s * B A`` (``alpha / r``; the variant may change it)."""
+        return VARIANTS[self.variant].scaling(self.r, self.alpha)
+
     def to_peft(
         self, task_type: str = "SEQ_CLS", base_model: str | None = None, inference_mode: bool = False
     ) -> dict:
@@ -191,23 +243,37 @@ class LoRAConfig:
             else list(self.target_modules),
             "layers_to_transform": self.layers,
             "layers_pattern": "layer" if self.layers is not None else None,
-            "use_rslora": self.rslora,
             "init_lora_weights": True if self.init == "kaiming" else self.init,
             "modules_to_save": list(self.trainable) or None,
             "bias": "none",
             "fan_in_fan_out": False,
-            "use_dora": self.dora,
+            **PEFT_PLAIN,
+            **VARIANTS[self.variant].peft,
             "inference_mode": inference_mode,
         }
 
     @classmethod
     def from_peft(cls, c: dict) -> LoRAConfig:
-        """Read peft's ``adapter_config.json`` fields (a list of target modules, not a regex). An
-        initialisation this library lacks (e.g. ``olora``, which changes the base weights) is refused."""
-        if c.get("init_lora_weights", True) not in PEFT_INITS:
+        """Read peft's ``adapter_config.json`` fields (a list of target modules, not a regex). The variant is
+        the one whose ``peft`` fields the config sets; a combination of variants, or an initialisation this
+        library lacks (e.g. ``olora``, which changes the base weights), is refused."""
+        chosen = [n for n, v in VARIANTS.items() if v.peft and all(c.get(k) == x for k, x in v.peft.items())]
+        if len(chosen) > 1:
             raise UsageError(
-                f"init_lora_weights={c['init_lora_weights']!r} is not one of this library's initialisations "
-                f"({', '.join(map(repr, PEFT_INITS))})."
+                f"The adapter combines the variants {' and '.join(chosen)}; this library runs one."
+            )
+        variant = chosen[0] if chosen else "lora"
+        init = c.get("init_lora_weights", True)
+        if "init_lora_weights" in VARIANTS[variant].peft:
+            init = True
+        elif init not in PEFT_INITS:
+            choices = [
+                *PEFT_INITS,
+                *(v.peft["init_lora_weights"] for v in VARIANTS.values() if "init_lora_weights" in v.peft),
+            ]
+            raise UsageError(
+                f"init_lora_weights={init!r} is not one of this library's initialisations "
+                f"({', '.join(map(repr, choices))})."
             )
         layers = c.get("layers_to_transform")
         return cls(
@@ -216,10 +282,9 @@ class LoRAConfig:
             dropout=c.get("lora_dropout", 0.0),
             target_modules=c["target_modules"],
             layers=[layers] if isinstance(layers, int) else layers,
-            rslora=bool(c.get("use_rslora", False)),
-            init=PEFT_INITS[c.get("init_lora_weights", True)],
+            init=PEFT_INITS[init],
             trainable=tuple(c.get("modules_to_save") or ()),
-            dora=bool(c.get("use_dora", False)),
+            variant=variant,
         )
 
 
@@ -322,7 +387,6 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
             f"trainable={list(config.trainable)}: no module is named {unmatched[0]!r}; print(model) to see "
             "the names (BERT's head: classifier, pooler)."
         )
-    layer_class = VARIANTS["dora" if config.dora else "lora"]
     model.requires_grad_(False)
     summary = LoRASummary()
     for name, linear in targets:
@@ -331,7 +395,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> LoRASummary:
         setattr(
             parent,
             child,
-            layer_class(linear, config.r, config.alpha, config.dropout, config.init, config.rslora),
+            LoRALinear(linear, config.r, config.alpha, config.dropout, config.init, config.variant),
         )
         summary.wrapped.append(name)
     for name, m in model.named_modules():

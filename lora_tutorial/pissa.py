@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import torch
 
-from .lora import INITIALISERS, LoRALinear
+from .lora import VARIANTS, LoRALinear, Variant
 
 
-@torch.no_grad()
-def pissa_init(layer: LoRALinear) -> None:
-    """A and B from the top-r singular triplets of the base weight; the base keeps the residual. Calling it
-    again on the same layer would split the residual once more: build a new layer instead."""
-    weight = layer.base.weight
-    u, s, vh = torch.linalg.svd(weight.float(), full_matrices=False)
-    root = torch.sqrt(s[: layer.r] / layer.scaling)
-    layer.lora_A.copy_(root[:, None] * vh[: layer.r])
-    layer.lora_B.copy_(u[:, : layer.r] * root)
-    weight.copy_((weight.float() - layer.scaling * layer.lora_B @ layer.lora_A).to(weight.dtype))
+class PiSSA(Variant):
+    """Plain LoRA but for the start: A and B from W's SVD, the base weight replaced by the residual."""
+
+    name, peft = "pissa", {"init_lora_weights": "pissa"}
+
+    @torch.no_grad()
+    def init(self, layer: LoRALinear) -> None:
+        """A and B from the top-r singular triplets of the base weight; the base keeps the residual. Calling
+        it again on the same layer would split the residual once more: build a new layer instead."""
+        weight = layer.base.weight
+        u, s, vh = torch.linalg.svd(weight.float(), full_matrices=False)
+        root = torch.sqrt(s[: layer.r] / layer.scaling)
+        layer.lora_A.copy_(root[:, None] * vh[: layer.r])
+        layer.lora_B.copy_(u[:, : layer.r] * root)
+        weight.copy_((weight.float() - layer.scaling * layer.lora_B @ layer.lora_A).to(weight.dtype))
 
 
-INITIALISERS["pissa"] = pissa_init
+VARIANTS["pissa"] = PiSSA()

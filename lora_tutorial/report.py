@@ -68,9 +68,9 @@ def label(name: str) -> str:
     exp = Experiment.parse(name)
     if exp.method != "lora":
         return {"full": "full fine-tuning", "head": "head only"}[exp.method]
-    parts = [f"{VARIANT_LABELS[exp.variant]} r = {exp.r}", TARGET_LABELS[exp.target]]
+    parts = [f"{VARIANT_LABELS[exp.prefix]} r = {exp.r}", TARGET_LABELS[exp.target]]
     if exp.layers != "all":
-        parts.append(f"layer {exp.layers}" if exp.layers.isdigit() else f"{exp.layers} half")
+        parts.append(f"layer {exp.layers}" if isinstance(exp.layers, int) else f"{exp.layers} half")
     if exp.alpha is not None:
         parts.append(f"α = {exp.alpha:g}")
     return ", ".join(parts)

@@ -21,7 +21,7 @@ from .adapter_io import load_adapter, save_adapter
 from .data import LengthGroupedBatches, fingerprint, load_sst2, padding_fraction, random_batches, tokenize
 from .errors import UsageError
 from .experiments import HEAD, PROFILES, Profile, RunSpec, expand, spec
-from .lora import apply_lora, lora_scaling, train_only
+from .lora import apply_lora, train_only
 from .models import layer_count, load_model, load_tokenizer
 from .monitor import ResourceMonitor
 from .params import count_parameters
@@ -109,11 +109,11 @@ def run_one(
     config = {
         "experiment": exp.name,
         "method": exp.method,
-        "variant": exp.variant if lora else None,
+        "variant": exp.prefix if lora else None,  # the name's word: the layer variant, or loraplus
         "rank": exp.r,
         "alpha": lora.alpha if lora else None,
         "scaling_rule": exp.scaling_rule,
-        "scale": lora_scaling(lora.r, lora.alpha, lora.rslora) if lora else None,
+        "scale": lora.scaling if lora else None,
         "layers": lora.layers if lora else None,
         "target_modules": list(lora.target_modules) if lora else None,
         "trainable_modules": list(HEAD) if exp.method != "full" else "all",

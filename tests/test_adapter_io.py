@@ -30,7 +30,7 @@ def test_file_format(tiny, tmp_path):
 
 def test_round_trip(tiny, batch, tmp_path):
     base = copy.deepcopy(tiny)
-    apply_lora(tiny, LoRAConfig(r=4, rslora=True, trainable=("classifier", "pooler")))
+    apply_lora(tiny, LoRAConfig(r=4, variant="rslora", trainable=("classifier", "pooler")))
     randomize_lora(tiny)
     save_adapter(tiny, tmp_path)
     load_adapter(base, tmp_path)
@@ -92,8 +92,8 @@ def test_non_lora_adapter(tiny, tmp_path):
     "saved, adapted, says",
     [
         (LoRAConfig(r=4, alpha=64), LoRAConfig(r=4, alpha=8), "alpha=8 vs 64"),
-        (LoRAConfig(r=4, rslora=True), LoRAConfig(r=4), "rslora=False vs True"),
-        (LoRAConfig(r=4), LoRAConfig(r=4, dora=True), "dora=True vs False"),
+        (LoRAConfig(r=4, variant="rslora"), LoRAConfig(r=4), "variant='lora' vs 'rslora'"),
+        (LoRAConfig(r=4), LoRAConfig(r=4, variant="dora"), "variant='dora' vs 'lora'"),
         (LoRAConfig(r=4), LoRAConfig(r=4, target_modules=("query",)), "target_modules="),
         (LoRAConfig(r=4), LoRAConfig(r=4, layers=[1]), "layers=[1] vs None"),
     ],

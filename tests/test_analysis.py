@@ -8,7 +8,7 @@ from lora_tutorial.analysis import delta_weights, subspace_similarity
 
 
 def test_delta_weights_from_disk(tiny, tmp_path):
-    apply_lora(tiny, LoRAConfig(r=4, alpha=12, rslora=True))
+    apply_lora(tiny, LoRAConfig(r=4, alpha=12, variant="rslora"))
     randomize_lora(tiny)
     save_adapter(tiny, tmp_path)
     deltas = delta_weights(tmp_path)

@@ -37,9 +37,12 @@ def test_forward_is_base_plus_scaled_low_rank_update():
     assert torch.linalg.matrix_rank(layer.delta_weight()) <= 4
 
 
-@pytest.mark.parametrize("rslora, expected", [(False, 8 / 4), (True, 8 / math.sqrt(4))])
-def test_scaling(rslora, expected):
-    assert make_layer(rslora=rslora).scaling == pytest.approx(expected)
+@pytest.mark.parametrize(
+    "variant, expected", [("lora", 8 / 4), ("rslora", 8 / math.sqrt(4)), ("dora", 8 / 4)]
+)
+def test_scaling(variant, expected):
+    assert make_layer(variant=variant).scaling == pytest.approx(expected)
+    assert LoRAConfig(r=4, alpha=8, variant=variant).scaling == pytest.approx(expected)
 
 
 def test_gaussian_init_std_is_one_over_r():
@@ -160,6 +163,8 @@ def test_merge_save_load_merge_does_not_double_merge(tiny, batch):
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
         (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
         (dict(init="xavier"), "Unknown LoRA init 'xavier'; choose one of"),
+        (dict(variant="vera"), "Unknown LoRA variant 'vera'; choose one of"),
+        (dict(variant="pissa", init="gaussian"), "sets A and B itself; drop init='gaussian'"),
         (dict(alpha=float("nan")), "alpha must be > 0"),
         (dict(alpha=float("inf")), "alpha must be > 0"),
         (dict(r=True), "rank r must be a positive integer"),
@@ -237,12 +242,11 @@ def test_wrapping_a_non_linear():
 
 
 def test_dora_merge_round_trip(tiny, batch):
-    from lora_tutorial.dora import DoRALinear
-
-    apply_lora(tiny, LoRAConfig(r=4, dora=True))
+    apply_lora(tiny, LoRAConfig(r=4, variant="dora"))
     randomize_lora(tiny)
     layer = lora_layers(tiny)["bert.encoder.layer.0.attention.self.value"]
-    assert isinstance(layer, DoRALinear)
+    assert layer.variant.name == "dora"
+    assert layer.lora_magnitude_vector.requires_grad
     w0, before = layer.base.weight.clone(), tiny(**batch).logits
     for lora in lora_layers(tiny).values():
         lora.merge()
@@ -253,11 +257,11 @@ def test_dora_merge_round_trip(tiny, batch):
 
 
 def test_dora_starts_as_the_base_layer():
-    from lora_tutorial.dora import DoRALinear
-
     base = nn.Linear(12, 7)
     x = torch.randn(3, 12)
-    torch.testing.assert_close(DoRALinear(base, r=2, alpha=4)(x), base(x), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        LoRALinear(base, r=2, alpha=4, variant="dora")(x), base(x), atol=1e-6, rtol=1e-6
+    )
 
 
 def test_lora_dropout_distribution():

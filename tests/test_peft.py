@@ -1,6 +1,7 @@
 """Our LoRA against peft's: same outputs, and adapters that travel both ways."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -26,9 +27,9 @@ def peft_config(cfg: LoRAConfig) -> LoraConfig:
 
 CONFIGS = [
     LoRAConfig(r=4, alpha=8),
-    LoRAConfig(r=8, alpha=16, rslora=True, target_modules=("query", "key", "value", "dense")),
+    LoRAConfig(r=8, alpha=16, variant="rslora", target_modules=("query", "key", "value", "dense")),
     LoRAConfig(r=2, alpha=3, layers=[1], trainable=("classifier", "pooler")),
-    LoRAConfig(r=4, alpha=8, dora=True),
+    LoRAConfig(r=4, alpha=8, variant="dora"),
 ]
 IDS = ["qv", "rslora-all-linear", "layer1-pooler", "dora"]
 
@@ -115,8 +116,10 @@ def test_pissa_starts_at_w_and_matches_peft(tiny, batch):
     computes what it did before, and the same as peft's init_lora_weights="pissa", before and after the
     update moves."""
     before = tiny.eval()(**batch).logits
-    theirs = get_peft_model(copy.deepcopy(tiny), LoraConfig(**LoRAConfig(r=4, init="pissa").to_peft())).eval()
-    apply_lora(tiny, LoRAConfig(r=4, init="pissa"))
+    theirs = get_peft_model(
+        copy.deepcopy(tiny), LoraConfig(**LoRAConfig(r=4, variant="pissa").to_peft())
+    ).eval()
+    apply_lora(tiny, LoRAConfig(r=4, variant="pissa"))
     torch.testing.assert_close(tiny(**batch).logits, before, atol=1e-5, rtol=0)
     layer = next(iter(lora_layers(tiny).values()))
     w = layer.base.weight + layer.delta_weight()
@@ -130,12 +133,53 @@ def test_pissa_starts_at_w_and_matches_peft(tiny, batch):
 
 def test_a_pissa_adapter_travels_both_ways(tiny, batch, tmp_path):
     base = copy.deepcopy(tiny)
-    apply_lora(tiny, LoRAConfig(r=4, init="pissa", trainable=("classifier",)))
+    apply_lora(tiny, LoRAConfig(r=4, variant="pissa", trainable=("classifier",)))
     randomize_lora(tiny)
     save_adapter(tiny, tmp_path / "ours")
     theirs = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours").eval()
     torch.testing.assert_close(theirs(**batch).logits, tiny.eval()(**batch).logits, atol=1e-5, rtol=0)
     theirs.save_pretrained(tmp_path / "theirs")
     back = load_adapter(copy.deepcopy(base), tmp_path / "theirs").eval()
-    assert back.lora_config.init == "pissa"
+    assert back.lora_config.variant == "pissa"
     torch.testing.assert_close(back(**batch).logits, tiny(**batch).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["lora", "rslora", "dora", "pissa"])
+def test_every_variant_maps_to_peft_and_back_without_loss(variant):
+    from lora_tutorial.lora import VARIANTS
+
+    assert set(VARIANTS) == {"lora", "rslora", "dora", "pissa"}  # a new variant joins this test
+    ours = LoRAConfig(r=4, alpha=8, variant=variant, init="kaiming")
+    theirs = peft_config(ours)  # peft accepts every field (and keeps target_modules as a set)
+    back = LoRAConfig.from_peft(theirs.to_dict())
+    assert replace(back, target_modules=ours.target_modules) == ours
+    assert set(back.target_modules) == set(ours.target_modules)
+    assert (theirs.use_rslora, theirs.use_dora) == (variant == "rslora", variant == "dora")
+    assert (theirs.init_lora_weights == "pissa") == (variant == "pissa")
+
+
+@pytest.mark.parametrize(
+    "fields, says",
+    [
+        ({"use_dora": True, "use_rslora": True}, "combines the variants rslora and dora"),
+        ({"use_dora": True, "init_lora_weights": "pissa"}, "combines the variants dora and pissa"),
+        ({"init_lora_weights": "olora"}, "init_lora_weights='olora' is not one of"),
+    ],
+)
+def test_a_peft_config_this_library_cannot_compute_is_refused(fields, says):
+    with pytest.raises(ValueError, match=says):
+        LoRAConfig.from_peft(LoRAConfig(r=4).to_peft() | fields)
+
+
+def test_a_gaussian_init_travels_to_peft_and_back():
+    ours = LoRAConfig(r=4, init="gaussian")
+    assert LoRAConfig.from_peft(peft_config(ours).to_dict()).init == "gaussian"
+
+
+def test_an_adapter_whose_targets_peft_reordered_loads_into_an_adapted_model(tiny, tmp_path):
+    apply_lora(tiny, LoRAConfig(r=4))
+    save_adapter(tiny, tmp_path)
+    config = tmp_path / "adapter_config.json"
+    config.write_text(config.read_text().replace('"query",\n    "value"', '"value",\n    "query"'))
+    assert read_adapter_config(tmp_path).target_modules == ("value", "query")
+    load_adapter(tiny, tmp_path)  # the same modules in another order: the same adapter

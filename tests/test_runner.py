@@ -21,7 +21,6 @@ from lora_tutorial.experiments import (
     spec,
     suites,
 )
-from lora_tutorial.lora import lora_scaling
 from lora_tutorial.records import RunRecord
 from lora_tutorial.report import load_results
 from lora_tutorial.store import ResultStore
@@ -222,8 +221,10 @@ def test_experiment_names_say_what_they_train():
     assert Experiment.parse("lora-r8-q-upper").lora_config(6, 0.0).layers == [3, 4, 5]
     assert Experiment.parse("lora-r8-layer3").lora_config(6, 0.0).layers == [3]
     assert Experiment.parse("lora-r16").lora_config(12, 0.1).target_modules == ("query", "value")
-    assert Experiment.parse("dora-r16").lora_config(6, 0.0).dora
-    assert Experiment.parse("rslora-r4").lora_config(6, 0.0).rslora
+    assert Experiment.parse("dora-r16").lora_config(6, 0.0).variant == "dora"
+    assert Experiment.parse("rslora-r4").lora_config(6, 0.0).variant == "rslora"
+    assert Experiment.parse("pissa-r4").lora_config(6, 0.0).variant == "pissa"
+    assert Experiment.parse("loraplus-r16").lora_config(6, 0.0).variant == "lora"
     assert Experiment.parse("loraplus-r16").lr_ratio_b == 16
     assert Experiment.parse("lora-r16").lr_ratio_b == 1
     assert Experiment.parse("full@5e-5").resolve(PROFILES["cpu"]).lr == 5e-5
@@ -241,9 +242,7 @@ def test_a_scaling_rule_is_a_field_of_the_spec_and_one_run_has_one_name():
     assert (fixed.scaling_rule, fixed.lora_alpha) == ("alpha / r", 32)
     assert (rs.scaling_rule, rs.lora_alpha) == ("alpha / sqrt(r)", 8)
     assert (default.scaling_rule, default.lora_alpha) == ("alpha = 2r", 8)
-    scales = [
-        lora_scaling(c.r, c.alpha, c.rslora) for c in (e.lora_config(6, 0.0) for e in (fixed, rs, default))
-    ]
+    scales = [e.lora_config(6, 0.0).scaling for e in (fixed, rs, default)]
     assert scales == [8.0, 4.0, 2.0]
     # at r = 16 the three rules give the same scale (2): the same run, under one name and one file
     same = {Experiment.parse(n).name for n in ("lora-r16-a32", "rslora-r16-qv-a8", "lora-r16-qv")}
