@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 from .errors import UsageError
-from .experiments import GRAMMAR, PROFILES
+from .study.experiments import GRAMMAR, PROFILES, profile_named
 
 DATA_HELP = "SST-2 folder or 'hub' (default: $LORA_TUTORIAL_SST2, else the Hub)"
+PROFILE_HELP = f"one of {', '.join(PROFILES)} (default: cpu, the book's study)"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train and evaluate experiments; finished runs are skipped")
-    run.add_argument("--profile", default="smoke", help=f"one of {', '.join(PROFILES)}")
+    run.add_argument("--profile", default="cpu", help=PROFILE_HELP)
     run.add_argument(
         "--experiments",
         nargs="+",
@@ -38,18 +39,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-run experiments that already have a result")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     show = sub.add_parser("results", help="print a profile's stored results as a table (or JSON)")
-    show.add_argument("--profile", default="cpu")
+    show.add_argument("--profile", default="cpu", help=PROFILE_HELP)
     show.add_argument("--results", default=None)
     show.add_argument("--json", action="store_true", help="one JSON record per stored run, for scripts")
     pred = sub.add_parser(
         "predict",
         help="add per-example predictions and probabilities to stored LoRA runs, from their adapters",
     )
-    pred.add_argument("--profile", required=True)
+    pred.add_argument("--profile", default="cpu", help=PROFILE_HELP)
     pred.add_argument("--results", default=None)
     pred.add_argument("--data", default=None, help=DATA_HELP)
     pick = sub.add_parser("choose", help="the learning rate and epochs the stored sweeps choose, per method")
-    pick.add_argument("--profile", default="cpu")
+    pick.add_argument("--profile", default="cpu", help=PROFILE_HELP)
     pick.add_argument("--results", default=None)
     sub.add_parser("profiles", help="print every profile's settings")
     bench = sub.add_parser(
@@ -68,8 +69,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_command(args: argparse.Namespace) -> None:
-    from .runner import run_suite
-    from .store import CHILD_ENV
+    from .study.runner import run_suite
+    from .study.store import CHILD_ENV
     from .train import distributed_state
 
     child = bool(os.environ.get(CHILD_ENV))  # one run of a parent command, which prints its line
@@ -80,7 +81,14 @@ def run_command(args: argparse.Namespace) -> None:
 
         disable_progress_bar()
     records = run_suite(
-        args.profile, args.experiments, args.seeds, args.results, args.data, args.force, progress, isolate
+        profile_named(args.profile),
+        args.experiments,
+        args.seeds,
+        args.results,
+        args.data,
+        args.force,
+        progress,
+        isolate,
     )
     for r in [] if child else records:
         print(
@@ -126,8 +134,7 @@ TABLE_COLUMNS = [
 
 
 def results_command(args: argparse.Namespace) -> None:
-    from .report import load_results, result_rows
-    from .runner import profile_named
+    from .study.report import load_results, result_rows
 
     profile_named(args.profile)
     if args.json:
@@ -153,8 +160,7 @@ def results_command(args: argparse.Namespace) -> None:
 
 
 def choose_command(args: argparse.Namespace) -> None:
-    from .report import choose, counted
-    from .runner import profile_named
+    from .study.report import choose, counted
 
     profile_named(args.profile)
     choices = choose(args.profile, args.results)
@@ -172,8 +178,8 @@ def choose_command(args: argparse.Namespace) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> None:
-    from .bench import main as bench_main
-    from .bench import padding_benchmark
+    from .benchmarks.bench import main as bench_main
+    from .benchmarks.bench import padding_benchmark
 
     if args.padding:
         record = padding_benchmark(args.models[0], data_source=args.data)
@@ -192,9 +198,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "results":
             results_command(args)
         elif args.command == "predict":
-            from .runner import recompute_predictions
+            from .study.runner import recompute_predictions
 
-            for path in recompute_predictions(args.profile, args.results, args.data):
+            for path in recompute_predictions(profile_named(args.profile), args.results, args.data):
                 print(f"predictions added: {path}")
         elif args.command == "choose":
             choose_command(args)

@@ -13,11 +13,17 @@ from lora_tutorial.cli import main
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["run", "--experiments", "lora-r8-uper"], "Unknown experiment 'lora-r8-uper'"),
-        (["run", "--experiments", "everything"], "Unknown suite 'everything'"),
+        (["run", "--profile", "smoke", "--experiments", "lora-r8-uper"], "Unknown experiment 'lora-r8-uper'"),
+        (["run", "--profile", "smoke", "--experiments", "everything"], "Unknown suite 'everything'"),
         (["run", "--profile", "laptop"], "Unknown profile 'laptop'"),
-        (["run", "--experiments", "lora-r8-layer9"], "adapts layer 9, but the model has 2 layers"),
-        (["run", "--data", "/no/such/folder"], "SST-2 folder /no/such/folder does not exist"),
+        (
+            ["run", "--profile", "smoke", "--experiments", "lora-r8-layer9"],
+            "adapts layer 9, but the model has 2 layers",
+        ),
+        (
+            ["run", "--profile", "smoke", "--data", "/no/such/folder"],
+            "SST-2 folder /no/such/folder does not exist",
+        ),
         (["results", "--profile", "laptop"], "Unknown profile 'laptop'"),
     ],
 )
@@ -31,7 +37,7 @@ def test_a_mistake_prints_one_line_and_exits_2(args, says, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_mistake_in_a_real_shell_is_one_line_without_a_traceback(tmp_path):
-    out = cli("run", "--experiments", "lora-r8-uper", "--results", str(tmp_path))
+    out = cli("run", "--profile", "smoke", "--experiments", "lora-r8-uper", "--results", str(tmp_path))
     assert out.returncode == 2
     assert out.stderr.startswith("error: Unknown experiment 'lora-r8-uper'")
     assert out.stderr.count("\n") == 1
@@ -41,7 +47,9 @@ def test_a_mistake_in_a_real_shell_is_one_line_without_a_traceback(tmp_path):
 def test_a_malformed_tsv_is_one_line_too(tmp_path, capsys):
     (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\n")
     (tmp_path / "validation.tsv").write_text("sentence\tlabel\nfine\t1\n")
-    status, _, err = typed(capsys, "run", "--data", str(tmp_path), "--results", str(tmp_path / "r"))
+    status, _, err = typed(
+        capsys, "run", "--profile", "smoke", "--data", str(tmp_path), "--results", str(tmp_path / "r")
+    )
     assert status == 2
     assert "train.tsv:3: expected 'sentence<TAB>label' (2 fields), got 1" in err
 
@@ -61,7 +69,9 @@ def test_results_of_an_empty_profile_say_how_to_make_them(tmp_path, capsys):
 @pytest.mark.slow
 def test_runs_made_in_their_own_processes_come_back_as_json(learnable, tmp_path):
     data = ["--data", str(learnable), "--results", str(tmp_path), "--no-progress"]
-    made = cli("run", "--experiments", "lora-r2-e1", "--seeds", "3", "4", *data)  # two runs: two processes
+    made = cli(
+        "run", "--profile", "smoke", "--experiments", "lora-r2-e1", "--seeds", "3", "4", *data
+    )  # two runs: two processes
     assert made.returncode == 0, made.stderr[-2000:]
     assert [line.split()[0] for line in made.stdout.splitlines()] == ["lora-r2-qv-e1-n2048@1e-2"] * 2  # once
     assert "examples/s" not in made.stderr  # --no-progress: not even datasets' tokenizing bar

@@ -2,7 +2,7 @@
 
 import torch
 
-from lora_tutorial.harness import op_profile
+from lora_tutorial.benchmarks.harness import op_profile
 from lora_tutorial.models import load_model
 
 

@@ -3,7 +3,7 @@
 import torch
 
 from lora_tutorial import LoRAConfig, apply_lora, count_parameters
-from lora_tutorial.memory import predicted_state_bytes, training_state_bytes
+from lora_tutorial.benchmarks.memory import predicted_state_bytes, training_state_bytes
 
 
 def test_measured_matches_prediction(tiny, minilm, batch):

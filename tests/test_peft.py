@@ -17,8 +17,8 @@ from lora_tutorial import (
     read_adapter_config,
     save_adapter,
 )
-from lora_tutorial.experiments import Experiment
-from lora_tutorial.report import load_results
+from lora_tutorial.study.experiments import Experiment
+from lora_tutorial.study.report import load_results
 
 
 def peft_config(cfg: LoRAConfig) -> LoraConfig:

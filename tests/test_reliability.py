@@ -12,9 +12,10 @@ import psutil
 import pytest
 from helpers import typed
 
-from lora_tutorial import runner
 from lora_tutorial.errors import LossDiverged
-from lora_tutorial.store import ResultStore
+from lora_tutorial.study import runner
+from lora_tutorial.study.experiments import PROFILES
+from lora_tutorial.study.store import ResultStore
 
 HEAD = "head-e1-n2048@1e-2"
 
@@ -25,6 +26,8 @@ def command(learnable, results, *args):
         "-m",
         "lora_tutorial",
         "run",
+        "--profile",
+        "smoke",
         "--data",
         str(learnable),
         "--results",
@@ -40,19 +43,28 @@ def test_a_stored_run_answers_only_the_data_it_was_made_on(learnable, tmp_path):
     lines = (learnable / "train.tsv").read_text().splitlines()
     (small / "train.tsv").write_text("\n".join(lines[:301]) + "\n")  # the header and 300 examples
     (small / "validation.tsv").write_text((learnable / "validation.tsv").read_text())
-    [first] = runner.run_suite("smoke", ["head-e1"], [0], tmp_path / "r", small, progress=False)
+    [first] = runner.run_suite(PROFILES["smoke"], ["head-e1"], [0], tmp_path / "r", small, progress=False)
     assert first.config["train_examples"] == 300
-    [again] = runner.run_suite("smoke", ["head-e1"], [0], tmp_path / "r", learnable, progress=False)
+    [again] = runner.run_suite(PROFILES["smoke"], ["head-e1"], [0], tmp_path / "r", learnable, progress=False)
     assert again.config["train_examples"] == 1024  # trained again on the data asked for
     assert again.config["data_sha256"] != first.config["data_sha256"]
     assert len(list((tmp_path / "r" / "smoke" / "superseded").glob("*/*.json"))) == 1  # the first is kept
 
 
 def test_a_missing_data_folder_is_an_error_even_when_every_run_is_stored(learnable, tmp_path, capsys):
-    runner.run_suite("smoke", ["head-e1"], [0], tmp_path, learnable, progress=False)
+    runner.run_suite(PROFILES["smoke"], ["head-e1"], [0], tmp_path, learnable, progress=False)
     capsys.readouterr()
     status, _, err = typed(
-        capsys, "run", "--experiments", "head-e1", "--data", "/nonexistent", "--results", str(tmp_path)
+        capsys,
+        "run",
+        "--profile",
+        "smoke",
+        "--experiments",
+        "head-e1",
+        "--data",
+        "/nonexistent",
+        "--results",
+        str(tmp_path),
     )
     assert (status, err.count("\n")) == (2, 1)
     assert "SST-2 folder /nonexistent does not exist" in err
@@ -70,7 +82,7 @@ def test_a_missing_data_folder_is_an_error_even_when_every_run_is_stored(learnab
 )
 def test_bad_seeds_and_budgets_are_one_line_before_any_data_loads(args, says, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runner, "prepare_data", lambda *a: pytest.fail("data loaded"))
-    status, _, err = typed(capsys, "run", *args, "--results", str(tmp_path))
+    status, _, err = typed(capsys, "run", "--profile", "smoke", *args, "--results", str(tmp_path))
     assert (status, err.count("\n")) == (2, 1)
     assert says in err
 
@@ -78,7 +90,9 @@ def test_bad_seeds_and_budgets_are_one_line_before_any_data_loads(args, says, tm
 def test_an_unwritable_results_folder_is_refused_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runner, "prepare_data", lambda *a: pytest.fail("data loaded"))
     (tmp_path / "file").write_text("not a folder")
-    status, _, err = typed(capsys, "run", "--results", str(tmp_path / "file" / "results"))
+    status, _, err = typed(
+        capsys, "run", "--profile", "smoke", "--results", str(tmp_path / "file" / "results")
+    )
     assert (status, err.count("\n")) == (2, 1)
     assert "Cannot write results to" in err
 
@@ -91,6 +105,8 @@ def test_a_diverging_rate_is_one_line_that_says_to_lower_it(learnable, tmp_path,
     status, _, err = typed(
         capsys,
         "run",
+        "--profile",
+        "smoke",
         "--experiments",
         "head-e1",
         "--data",
@@ -104,7 +120,7 @@ def test_a_diverging_rate_is_one_line_that_says_to_lower_it(learnable, tmp_path,
 
 
 def test_a_damaged_record_is_named_skipped_where_read_and_kept_where_rewritten(learnable, tmp_path, capsys):
-    runner.run_suite("smoke", ["head-e1", "lora-r2-e1"], [0], tmp_path, learnable, progress=False)
+    runner.run_suite(PROFILES["smoke"], ["head-e1", "lora-r2-e1"], [0], tmp_path, learnable, progress=False)
     broken = tmp_path / "smoke" / f"{HEAD}__seed0.json"
     broken.write_text(broken.read_text()[:200])  # cut short
     capsys.readouterr()
@@ -112,7 +128,7 @@ def test_a_damaged_record_is_named_skipped_where_read_and_kept_where_rewritten(l
         status, out, _ = typed(capsys, "results", "--profile", "smoke", "--results", str(tmp_path), "--json")
     assert status == 0
     assert [r["method"] for r in json.loads(out)] == ["lora"]
-    [again] = runner.run_suite("smoke", ["head-e1"], [0], tmp_path, learnable, progress=False)
+    [again] = runner.run_suite(PROFILES["smoke"], ["head-e1"], [0], tmp_path, learnable, progress=False)
     assert again.experiment == HEAD  # trained again, and the damaged file kept aside
     [kept] = (tmp_path / "smoke" / "superseded").glob(f"unreadable-*/{broken.name}")
     assert len(kept.read_text()) == 200

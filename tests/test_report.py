@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lora_tutorial import report, runner, stats
-from lora_tutorial.experiments import (
+from lora_tutorial.study import report, runner, stats
+from lora_tutorial.study.experiments import (
     HEADLINE_KINDS,
     PROFILES,
     SCALING_RULES,
@@ -15,8 +15,8 @@ from lora_tutorial.experiments import (
     Experiment,
     lr_text,
 )
-from lora_tutorial.records import is_contended
-from lora_tutorial.report import (
+from lora_tutorial.study.records import is_contended
+from lora_tutorial.study.report import (
     brief,
     choose,
     peak_contrasts,
@@ -24,13 +24,13 @@ from lora_tutorial.report import (
     study_results,
     summarize,
 )
-from lora_tutorial.report import sweep as sweep_table
-from lora_tutorial.store import ResultStore
+from lora_tutorial.study.report import sweep as sweep_table
+from lora_tutorial.study.store import ResultStore
 
 
 def test_stored_results_are_used_and_summarized(learnable, tmp_path, monkeypatch):
-    monkeypatch.setattr("lora_tutorial.records.CONTENTION_MARGIN", 1e9)  # time every run, however busy
-    runner.run_suite("smoke", ["full", "lora-r16"], [0, 1], tmp_path, learnable, progress=False)
+    monkeypatch.setattr("lora_tutorial.study.records.CONTENTION_MARGIN", 1e9)  # time every run, however busy
+    runner.run_suite(PROFILES["smoke"], ["full", "lora-r16"], [0, 1], tmp_path, learnable, progress=False)
     df, shown = study_results(["headline"], "smoke", results=tmp_path, require=("full", "lora-r16"))
     assert shown == "smoke"
     assert len(df) == 4
@@ -75,9 +75,9 @@ def test_selection_runs_are_the_stored_runs_the_suites_do_not_use(learnable, tmp
     monkeypatch.setitem(
         PROFILES, "smoke", replace(PROFILES["smoke"], epochs={"head": 1, "full": 1, "lora": 1})
     )
-    runner.run_suite("smoke", ["full", "full@1e-2"], [0], tmp_path, learnable, progress=False)
+    runner.run_suite(PROFILES["smoke"], ["full", "full@1e-2"], [0], tmp_path, learnable, progress=False)
     runner.run_suite(
-        "smoke", ["full"], [0], tmp_path, learnable, force=True, progress=False
+        PROFILES["smoke"], ["full"], [0], tmp_path, learnable, force=True, progress=False
     )  # supersedes one
     runs = selection_runs("smoke", tmp_path)  # the headline uses the current "full", not the others
     assert sorted(runs["name"]) == ["full-e1-n2048@1e-2", "full-e1-n2048@1e-3"]
@@ -87,15 +87,17 @@ def test_selection_runs_are_the_stored_runs_the_suites_do_not_use(learnable, tmp
 
 def test_times_of_runs_that_shared_the_cpu_are_left_out(learnable, tmp_path, monkeypatch):
     monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs={"full": 1}))
-    runner.run_suite("smoke", ["full"], [0, 1], tmp_path, learnable, progress=False)
-    monkeypatch.setattr("lora_tutorial.records.CONTENTION_MARGIN", -1e9)  # as if every run had shared it
+    runner.run_suite(PROFILES["smoke"], ["full"], [0, 1], tmp_path, learnable, progress=False)
+    monkeypatch.setattr(
+        "lora_tutorial.study.records.CONTENTION_MARGIN", -1e9
+    )  # as if every run had shared it
     df, _ = study_results(["headline"], "smoke", results=tmp_path, require=("full",))
     table = summarize(df)
     assert df["contended"].all()
     assert table.loc["full", "timed"] == 0
     assert table["s / epoch"].isna().all()
     assert table.loc["full", "seeds"] == 2  # accuracy still counts every seed
-    monkeypatch.setattr("lora_tutorial.records.CONTENTION_MARGIN", 0.5)
+    monkeypatch.setattr("lora_tutorial.study.records.CONTENTION_MARGIN", 0.5)
     _, record = ResultStore("smoke", tmp_path).records()[0]
     record.timing.mean_load_average = 3.5
     record.provenance.machine.update(cpus=4, torch_threads=4)
@@ -111,7 +113,7 @@ def test_one_rule_chooses_rate_then_epochs(learnable, tmp_path, monkeypatch):
         "smoke",
         replace(PROFILES["smoke"], sweep=rates, ablation_train_limit=256, ablation_epochs=1),
     )
-    runner.run_suite("smoke", ["sweep"], [0], tmp_path, learnable, progress=False)
+    runner.run_suite(PROFILES["smoke"], ["sweep"], [0], tmp_path, learnable, progress=False)
     first, variant = choose("smoke", tmp_path)
     assert variant.kind == "rslora"
     assert variant.to_run == ()  # a variant keeps the ablation budget's epochs: no epoch runs
@@ -128,13 +130,15 @@ def test_one_rule_chooses_rate_then_epochs(learnable, tmp_path, monkeypatch):
         acc = table.set_index("lr")["accuracy (%)"]
         assert abs(c.difference.mean - (acc[c.best] - acc[c.other])) < 1e-6
     assert first.to_run == (f"full-e2-n256@{lr_text(first.lr)}",)
-    runner.run_suite("smoke", list(first.to_run), [0], tmp_path, learnable, progress=False)
+    runner.run_suite(PROFILES["smoke"], list(first.to_run), [0], tmp_path, learnable, progress=False)
     done, _ = choose("smoke", tmp_path)
     assert done.to_run == ()
     assert done.epochs == (2 if done.accuracy[2] > done.accuracy[1] else 1)
     assert len(table) == 3
     other = next(lr for lr in rates["full"] if lr != first.lr)  # a seed outside the sweep's, made for a suite
-    runner.run_suite("smoke", [f"full-e1-n256@{lr_text(other)}"], [2], tmp_path, learnable, progress=False)
+    runner.run_suite(
+        PROFILES["smoke"], [f"full-e1-n256@{lr_text(other)}"], [2], tmp_path, learnable, progress=False
+    )
     assert sweep_table("smoke", tmp_path)["seeds"].max() == 1
     assert choose("smoke", tmp_path)[0] == done
 

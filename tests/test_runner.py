@@ -9,26 +9,27 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lora_tutorial import runner
 from lora_tutorial.errors import LossDiverged, UsageError
-from lora_tutorial.experiments import (
+from lora_tutorial.study import runner
+from lora_tutorial.study.experiments import (
     HEADLINE_KINDS,
     PROFILES,
     RANKS,
     VARIANT_NAMES,
     Experiment,
     lr_text,
+    profile_named,
     spec,
     suites,
 )
-from lora_tutorial.records import RunRecord
-from lora_tutorial.report import load_results
-from lora_tutorial.store import ResultStore
+from lora_tutorial.study.records import RunRecord
+from lora_tutorial.study.report import load_results
+from lora_tutorial.study.store import ResultStore
 from lora_tutorial.train import TrainConfig, train
 
 
 def test_smoke_run_learns_and_records_schema(learnable, tmp_path):
-    [record] = runner.run_suite("smoke", ["full"], [0], tmp_path, learnable, progress=False)
+    [record] = runner.run_suite(PROFILES["smoke"], ["full"], [0], tmp_path, learnable, progress=False)
     assert record.accuracy >= 0.9
     assert record.experiment == "full-e3-n2048@1e-3"
     assert {"method", "rank", "alpha", "layers", "target_modules", "seed", "model", "hyperparameters"} <= set(
@@ -46,7 +47,9 @@ def test_smoke_run_learns_and_records_schema(learnable, tmp_path):
 def test_the_smoke_profiles_lora_and_head_runs_learn(learnable, tmp_path):
     """Well above the majority class (52 % of the toy task's validation set), so that the determinism,
     resume and multi-process tests check a LoRA path that trains, not one that predicts a constant."""
-    lora, head = runner.run_suite("smoke", ["lora-r2", "head"], [0], tmp_path, learnable, progress=False)
+    lora, head = runner.run_suite(
+        PROFILES["smoke"], ["lora-r2", "head"], [0], tmp_path, learnable, progress=False
+    )
     majority = max(lora.validation_labels.count("0"), lora.validation_labels.count("1")) / 256
     assert majority < 0.55
     assert lora.accuracy >= 0.9
@@ -55,7 +58,7 @@ def test_the_smoke_profiles_lora_and_head_runs_learn(learnable, tmp_path):
 
 def test_the_budget_is_part_of_the_spec(learnable, tmp_path):
     full, small = runner.run_suite(
-        "smoke", ["lora-r2-e1", "lora-r2-e1-n128"], [0], tmp_path, learnable, progress=False
+        PROFILES["smoke"], ["lora-r2-e1", "lora-r2-e1-n128"], [0], tmp_path, learnable, progress=False
     )
     assert full.config["train_examples"] == 1024
     assert small.config["train_examples"] == 128
@@ -65,10 +68,10 @@ def test_the_budget_is_part_of_the_spec(learnable, tmp_path):
 def test_an_equivalent_name_finds_the_stored_run(learnable, tmp_path, monkeypatch):
     monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs={"lora": 1}))
     rate = lr_text(PROFILES["smoke"].lr["lora"])
-    [a] = runner.run_suite("smoke", [f"lora-r2@{rate}"], [0], tmp_path, learnable, progress=False)
-    [b] = runner.run_suite("smoke", ["lora-r2", "lora-r2-qv-e1"], [0], tmp_path, learnable, progress=False)[
-        :1
-    ]
+    [a] = runner.run_suite(PROFILES["smoke"], [f"lora-r2@{rate}"], [0], tmp_path, learnable, progress=False)
+    [b] = runner.run_suite(
+        PROFILES["smoke"], ["lora-r2", "lora-r2-qv-e1"], [0], tmp_path, learnable, progress=False
+    )[:1]
     assert b == a
     assert len(list((tmp_path / "smoke").glob("*.json"))) == 1  # not trained again
     moved = replace(PROFILES["smoke"], lr={"lora": 1e-3}, epochs={"lora": 1})  # the chosen rate changes
@@ -79,7 +82,7 @@ def test_an_equivalent_name_finds_the_stored_run(learnable, tmp_path, monkeypatc
 
 def test_a_run_depends_only_on_its_own_fixed_settings(learnable, tmp_path, monkeypatch):
     monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs={"head": 1, "lora": 1}))
-    runner.run_suite("smoke", ["head", "lora-r2"], [0], tmp_path, learnable, progress=False)
+    runner.run_suite(PROFILES["smoke"], ["head", "lora-r2"], [0], tmp_path, learnable, progress=False)
     store, smoke = ResultStore("smoke", tmp_path), PROFILES["smoke"]
     other_dropout = replace(smoke, lora_dropout=0.2)
     assert store.find(spec(other_dropout, "head", 0))
@@ -99,7 +102,9 @@ def test_a_run_depends_only_on_its_own_fixed_settings(learnable, tmp_path, monke
 
 
 def test_lora_run_saves_a_loadable_adapter(learnable, tmp_path):
-    [record] = runner.run_suite("smoke", ["lora-r4-upper-e1"], [0], tmp_path, learnable, progress=False)
+    [record] = runner.run_suite(
+        PROFILES["smoke"], ["lora-r4-upper-e1"], [0], tmp_path, learnable, progress=False
+    )
     assert record.config["layers"] == [1]
     assert record.params.lora == 2 * 4 * (64 + 64)
     from lora_tutorial import load_adapter
@@ -110,8 +115,8 @@ def test_lora_run_saves_a_loadable_adapter(learnable, tmp_path):
 
 
 def test_same_seed_same_metrics(learnable, tmp_path):
-    a = runner.run_suite("smoke", ["lora-r2"], [1], tmp_path / "a", learnable, progress=False)[0]
-    b = runner.run_suite("smoke", ["lora-r2"], [1], tmp_path / "b", learnable, progress=False)[0]
+    a = runner.run_suite(PROFILES["smoke"], ["lora-r2"], [1], tmp_path / "a", learnable, progress=False)[0]
+    b = runner.run_suite(PROFILES["smoke"], ["lora-r2"], [1], tmp_path / "b", learnable, progress=False)[0]
     assert a.metrics["history"][-1]["validation_loss"] == b.metrics["history"][-1]["validation_loss"]
     assert a.metrics["loss_curve"] == b.metrics["loss_curve"]
     assert a.predictions == b.predictions
@@ -131,14 +136,16 @@ def test_resume_after_a_kill(learnable, tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "train", killed_on_second_run)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_suite("smoke", ["head", "lora-r1"], [0], tmp_path, learnable, progress=False)
+        runner.run_suite(PROFILES["smoke"], ["head", "lora-r1"], [0], tmp_path, learnable, progress=False)
     folder = tmp_path / "smoke"
     first = folder / "head-e1-n2048@1e-2__seed0.json"
     assert sorted(p.name for p in folder.iterdir() if p.name != "locks") == [first.name]
     (folder / "lora-r1-qv-e1-n2048@1e-2__seed0.json.tmp").write_text("{half")  # a write cut short
     stamp = first.stat().st_mtime_ns
     monkeypatch.setattr(runner, "train", real_train)
-    records = runner.run_suite("smoke", ["head", "lora-r1"], [0], tmp_path, learnable, progress=False)
+    records = runner.run_suite(
+        PROFILES["smoke"], ["head", "lora-r1"], [0], tmp_path, learnable, progress=False
+    )
     assert first.stat().st_mtime_ns == stamp  # finished runs are skipped
     assert [r.experiment for r in records] == ["head-e1-n2048@1e-2", "lora-r1-qv-e1-n2048@1e-2"]
     assert sorted(p.name for p in folder.iterdir() if p.name != "locks") == [
@@ -146,7 +153,9 @@ def test_resume_after_a_kill(learnable, tmp_path, monkeypatch):
         first.name,
         "lora-r1-qv-e1-n2048@1e-2__seed0.json",
     ]
-    runner.run_suite("smoke", ["head", "lora-r1"], [0], tmp_path, learnable, force=True, progress=False)
+    runner.run_suite(
+        PROFILES["smoke"], ["head", "lora-r1"], [0], tmp_path, learnable, force=True, progress=False
+    )
     superseded = folder / "superseded"  # re-runs keep what the earlier runs computed
     assert len(list(superseded.glob(f"*/{first.name}"))) == 1
     assert (
@@ -187,13 +196,13 @@ def test_bf16_autocast_path_runs_on_cpu(learnable):
 def test_bad_names_and_layers_fail_before_any_data_loads(monkeypatch):
     monkeypatch.setattr(runner, "prepare_data", lambda *a: pytest.fail("data loaded"))
     with pytest.raises(ValueError, match="Unknown experiment 'lora-rx'"):
-        runner.run_suite("smoke", ["lora-rx"], [0])
+        runner.run_suite(PROFILES["smoke"], ["lora-rx"], [0])
     with pytest.raises(ValueError, match="Unknown profile 'laptop'"):
-        runner.run_suite("laptop", ["full"], [0])
+        profile_named("laptop")
     with pytest.raises(ValueError, match="Unknown suite 'everything'"):
-        runner.run_suite("smoke", ["everything"], [0])
+        runner.run_suite(PROFILES["smoke"], ["everything"], [0])
     with pytest.raises(ValueError, match="adapts layer 7, but the model has 2 layers"):
-        runner.run_suite("smoke", ["lora-r8-layer7"], [0])
+        runner.run_suite(PROFILES["smoke"], ["lora-r8-layer7"], [0])
 
 
 @pytest.mark.parametrize(
@@ -266,10 +275,10 @@ def test_the_scaling_suite_sweeps_every_rule_and_rank_on_one_grid():
 
 
 def test_a_new_suite_is_one_table_entry(monkeypatch):
-    from lora_tutorial import experiments
+    from lora_tutorial.study import experiments
 
     monkeypatch.setitem(experiments.ABLATIONS, "ffn", ("lora-r4-ffn", "lora-r8-ffn", "lora-r16-ffn"))
-    specs = runner.resolve("cpu", ["ffn"], [0, 1])
+    specs = runner.resolve(PROFILES["cpu"], ["ffn"], [0, 1])
     assert [(s.experiment.name, s.seed) for s in specs] == [
         (f"lora-r{r}-ffn-e1-n20000@1e-3", seed) for r in (4, 8, 16) for seed in (0, 1)
     ]
@@ -367,7 +376,7 @@ def test_two_processes_match_one(learnable, tmp_path):
 
 
 def test_each_run_stores_its_predictions_in_dataset_order(learnable, tmp_path):
-    [record] = runner.run_suite("smoke", ["lora-r2"], [0], tmp_path, learnable, progress=False)
+    [record] = runner.run_suite(PROFILES["smoke"], ["lora-r2"], [0], tmp_path, learnable, progress=False)
     preds, labels = record.predictions, record.validation_labels
     assert len(preds) == len(labels) == 256
     assert labels == runner.labels_text(runner.load_sst2(learnable)["validation"]["label"])
@@ -383,29 +392,29 @@ def test_each_run_stores_its_predictions_in_dataset_order(learnable, tmp_path):
 
 
 def test_predictions_are_recomputed_from_a_stored_adapter(learnable, tmp_path):
-    [record] = runner.run_suite("smoke", ["lora-r2"], [0], tmp_path, learnable, progress=False)
+    [record] = runner.run_suite(PROFILES["smoke"], ["lora-r2"], [0], tmp_path, learnable, progress=False)
     path = tmp_path / "smoke" / f"{record.experiment}__seed0.json"
     blank = replace(record, predictions=None, validation_labels=None, probabilities=None)
     path.write_text(json.dumps(blank.to_json()))
     store, smoke = ResultStore("smoke", tmp_path), PROFILES["smoke"]
     assert store.find(spec(smoke, "lora-r2", 0)) is None  # no predictions: not current
-    assert runner.recompute_predictions("smoke", tmp_path, learnable) == [path]
+    assert runner.recompute_predictions(PROFILES["smoke"], tmp_path, learnable) == [path]
     again = store.find(spec(smoke, "lora-r2", 0))
     assert again.predictions == record.predictions
     assert again.probabilities == pytest.approx(record.probabilities, abs=1e-6)
     assert again.provenance.predictions_recomputed["from"] == record.adapter
     assert again.provenance.predictions_recomputed["added"] == ["predictions", "probabilities"]
-    assert runner.recompute_predictions("smoke", tmp_path, learnable) == []  # nothing left to do
+    assert runner.recompute_predictions(PROFILES["smoke"], tmp_path, learnable) == []  # nothing left to do
     # a record with predictions but no probabilities (stored before they were) gets them, checked against
     # its own predictions; one whose stored predictions the adapter does not reproduce is left alone
     path.write_text(json.dumps(replace(record, probabilities=None).to_json()))
-    assert runner.recompute_predictions("smoke", tmp_path, learnable) == [path]
+    assert runner.recompute_predictions(PROFILES["smoke"], tmp_path, learnable) == [path]
     assert store.find(spec(smoke, "lora-r2", 0)).probabilities == pytest.approx(
         record.probabilities, abs=1e-6
     )
     flipped = "".join("1" if c == "0" else "0" for c in record.predictions)
     path.write_text(json.dumps(replace(record, probabilities=None, predictions=flipped).to_json()))
-    assert runner.recompute_predictions("smoke", tmp_path, learnable) == []
+    assert runner.recompute_predictions(PROFILES["smoke"], tmp_path, learnable) == []
     assert store.load(path).probabilities is None
 
 
@@ -414,5 +423,13 @@ def test_isolated_runs_each_train_in_a_process_of_their_own(learnable, tmp_path,
     monkeypatch.setattr(runner, "run_in_child", lambda run, *a: children.append(run.experiment.name))
     monkeypatch.setattr(runner, "run_one", lambda *a: pytest.fail("trained in the calling process"))
     with pytest.raises(UsageError, match="FileNotFoundError"):  # the stand-in children stored nothing
-        runner.run_suite("smoke", ["full", "head"], [0], tmp_path, learnable, progress=False, isolate=True)
+        runner.run_suite(
+            PROFILES["smoke"], ["full", "head"], [0], tmp_path, learnable, progress=False, isolate=True
+        )
     assert children == ["full-e3-n2048@1e-3", "head-e3-n2048@1e-2"]
+
+
+def test_a_run_in_a_process_of_its_own_needs_the_registered_profile(learnable, tmp_path):
+    changed = replace(PROFILES["smoke"], batch_size=3)  # the child would look up "smoke" and get another one
+    with pytest.raises(UsageError, match="differs from the one registered under that name"):
+        runner.run_in_child(spec(changed, "head", 0), tmp_path, learnable, progress=False)

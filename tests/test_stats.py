@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lora_tutorial import stats
+from lora_tutorial.study import stats
 
 SEED_EFFECT = 0.1  # a run's skill varies with its seed (logit scale): about 1 point of accuracy
 

@@ -2,8 +2,8 @@
 
 import json
 
-from lora_tutorial.report import result_rows
-from lora_tutorial.store import ResultStore, default_results
+from lora_tutorial.study.report import result_rows
+from lora_tutorial.study.store import ResultStore, default_results
 
 
 def test_the_results_folder_is_found_from_a_chapter_folder(tmp_path, monkeypatch):

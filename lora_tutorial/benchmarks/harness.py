@@ -1,11 +1,9 @@
-"""A small benchmark harness: interleaved timing, ratios of paired repeats, a memory probe in a fresh
-process, and the operator profile of a training step. It knows nothing of LoRA; ``bench`` uses it."""
+"""A small benchmark harness: interleaved timing, ratios of paired repeats, the peak memory of a function,
+and the operator profile of a training step. It knows nothing of LoRA; ``bench`` uses it."""
 
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -46,16 +44,16 @@ def median_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
     return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
-def peak_rss_of_training(model_name: str, variant: str, steps: int = 3) -> int:
-    """Peak resident memory of training a bench variant, in bytes above the bare interpreter, measured by
-    :mod:`lora_tutorial.memory_probe` in a fresh process (so variants cannot inherit each other's peaks)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "lora_tutorial.memory_probe", model_name, variant, str(steps)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(out.stdout.strip().splitlines()[-1])
+def peak_rss_during(fn: Callable[[], None], calls: int) -> int:
+    """This process's peak resident memory (bytes) while ``fn`` is called ``calls`` times: the kernel's peak
+    counter (VmHWM) is reset first, so what came before does not count. Linux only (``/proc``); call it in
+    a fresh process to measure one thing."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM, the peak RSS
+    for _ in range(calls):
+        fn()
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
 
 
 def op_profile(model: nn.Module, batch: dict, steps: int = 3, top: int = 12) -> dict[str, float]:

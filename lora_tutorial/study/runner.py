@@ -17,36 +17,31 @@ import torch
 from accelerate import Accelerator
 from datasets import DatasetDict
 
-from .adapter_io import load_adapter, save_adapter
-from .data import LengthGroupedBatches, fingerprint, load_sst2, padding_fraction, random_batches, tokenize
-from .errors import UsageError
+from ..adapter_io import load_adapter, save_adapter
+from ..data import LengthGroupedBatches, fingerprint, load_sst2, padding_fraction, random_batches, tokenize
+from ..errors import UsageError
+from ..lora import apply_lora, train_only
+from ..models import layer_count, load_model, load_tokenizer
+from ..params import count_parameters
+from ..provenance import Provenance, now
+from ..train import TrainConfig, distributed_state, make_loaders, predict, train
 from .experiments import HEAD, PROFILES, Profile, RunSpec, expand, spec
-from .lora import apply_lora, train_only
-from .models import layer_count, load_model, load_tokenizer
 from .monitor import ResourceMonitor
-from .params import count_parameters
-from .provenance import Provenance, now
 from .records import DataUsed, Memory, Params, RunRecord, Timing
 from .store import CHILD_ENV, ResultStore
-from .train import TrainConfig, distributed_state, make_loaders, predict, train
 
 
-def profile_named(name: str) -> Profile:
-    if name not in PROFILES:
-        raise UsageError(f"Unknown profile {name!r}; choose one of {sorted(PROFILES)}.")
-    return PROFILES[name]
-
-
-def resolve(profile: str, names: list[str], seeds: list[int]) -> list[RunSpec]:
+def resolve(profile: Profile, names: list[str], seeds: list[int]) -> list[RunSpec]:
     """The run specs for experiment and suite names, checked against the model's shape (no data loaded)."""
-    prof = profile_named(profile)
-    num_layers = layer_count(prof.model)
+    num_layers = layer_count(profile.model)
     specs = [
-        spec(prof, name, seed, label) for label, name in expand(prof, names, num_layers) for seed in seeds
+        spec(profile, name, seed, label)
+        for label, name in expand(profile, names, num_layers)
+        for seed in seeds
     ]
     for s in specs:
         if s.experiment.method == "lora":
-            s.experiment.lora_config(num_layers, prof.lora_dropout)
+            s.experiment.lora_config(num_layers, profile.lora_dropout)
     return specs
 
 
@@ -173,7 +168,7 @@ MAX_SEED = 2**32 - 1  # numpy's seeds
 
 
 def run_suite(
-    profile: str,
+    profile: Profile,
     names: list[str],
     seeds: list[int],
     results: str | Path | None = None,
@@ -191,9 +186,9 @@ def run_suite(
     if bad:
         raise UsageError(f"Seed {bad[0]} is out of range; use seeds from 0 to {MAX_SEED}.")
     specs = resolve(profile, names, seeds)  # a bad name or layer fails here, before any data loads
-    store = ResultStore(profile, results)
+    store = ResultStore(profile.name, results)
     store.check_writable()  # before hours of training, not after
-    data, tokenizer = prepare_data(specs[0].profile, data_source)  # a bad --data fails before any skip
+    data, tokenizer = prepare_data(profile, data_source)  # a bad --data fails before any skip
     budgets = {s.experiment.train_examples for s in specs}
     used = {n: data_used(data, n) for n in budgets}  # keyed by a run's number of training examples
     main = distributed_state().is_main_process
@@ -215,7 +210,7 @@ def run_suite(
                 if store.path(s).exists():
                     print(
                         f"{s.experiment.name} seed {s.seed} is stored without predictions, for other data or "
-                        f"with other {profile} settings; running it again (the earlier record moves to "
+                        f"with other {profile.name} settings; running it again (the earlier record moves to "
                         f"{store.folder / 'superseded'}).",
                         file=sys.stderr,
                     )
@@ -223,7 +218,7 @@ def run_suite(
                     run_in_child(s, results, data_source, progress)
                     continue
                 if progress:
-                    print(f"{profile}: {s.experiment.name} seed {s.seed}", file=sys.stderr, flush=True)
+                    print(f"{profile.name}: {s.experiment.name} seed {s.seed}", file=sys.stderr, flush=True)
                 record, model = run_one(s, data, tokenizer, progress)
                 if main:
                     store.write(
@@ -246,7 +241,14 @@ def data_used(data: DatasetDict, examples: int | None) -> DataUsed:
 
 def run_in_child(run: RunSpec, results: str | Path | None, data_source: str | None, progress: bool) -> None:
     """One run in a fresh Python process (the command line, as a user would type it), which ends if this
-    process ends; the caller holds the run's lock."""
+    process ends; the caller holds the run's lock. The child finds the profile by name, so it must be the
+    registered one."""
+    if PROFILES.get(run.profile.name) != run.profile:
+        raise UsageError(
+            f"Profile {run.profile.name!r} differs from the one registered under that name, which a run in "
+            "a process of its own would use; register it in PROFILES under a name of its own, or pass "
+            "isolate=False."
+        )
     command = [sys.executable, "-m", "lora_tutorial", "run", "--profile", run.profile.name, "--force"]
     command += ["--experiments", run.experiment.name, "--seeds", str(run.seed)]
     command += (["--results", str(results)] if results else []) + (
@@ -269,21 +271,21 @@ def die_with_parent() -> None:
 
 
 def recompute_predictions(
-    profile: str, results: str | Path | None = None, data_source: str | None = None
+    profile: Profile, results: str | Path | None = None, data_source: str | None = None
 ) -> list[Path]:
     """Add the per-example predictions and probabilities to stored LoRA runs that lack them, from their
     saved adapters. The recomputed predictions must equal the stored ones (or, where none are stored, the
     recomputed accuracy the stored accuracy), else nothing is written for that run."""
-    prof, store = profile_named(profile), ResultStore(profile, results)
+    store = ResultStore(profile.name, results)
     todo = [(p, r) for p, r in store.records() if r.adapter and not (r.predictions and r.probabilities)]
     if not todo:
         return []
-    data, tokenizer = prepare_data(prof, data_source)
+    data, tokenizer = prepare_data(profile, data_source)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     labels = torch.tensor(data["validation"]["label"])
     written = []
     for path, record in todo:
-        model = load_adapter(load_model(prof.model, seed=record.seed), path.parent / record.adapter)
+        model = load_adapter(load_model(profile.model, seed=record.seed), path.parent / record.adapter)
         _, loader = make_loaders(data, tokenizer, TrainConfig())
         model, loader = accelerator.prepare(model, loader)
         out = predict(model, loader, accelerator)

@@ -18,8 +18,8 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 
-from .errors import UsageError
-from .lora import FFN, VARIANTS, LoRAConfig
+from ..errors import UsageError
+from ..lora import FFN, VARIANTS, LoRAConfig
 
 HEAD = ("classifier", "pooler")  # trained by every method (the embedded model's pooler was never trained)
 RANKS = (1, 4, 8, 16, 32)
@@ -163,6 +163,13 @@ PROFILES = {
         },
     ),
 }
+
+
+def profile_named(name: str) -> Profile:
+    """The profile registered under ``name`` (the command line's ``--profile``)."""
+    if name not in PROFILES:
+        raise UsageError(f"Unknown profile {name!r}; choose one of {sorted(PROFILES)}.")
+    return PROFILES[name]
 
 
 def lr_text(lr: float) -> str:

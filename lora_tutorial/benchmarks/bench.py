@@ -9,23 +9,27 @@ as the median of the pairwise ratios of repeats (see :mod:`lora_tutorial.harness
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import psutil
 import torch
 from torch import nn
 
-from .adapter_io import copy_to_peft
-from .errors import UsageError
-from .experiments import HEAD, PROFILES, Experiment
-from .harness import interleaved_times, median_ratio, op_profile, peak_rss_of_training, step_fn
-from .lora import LoRAConfig, apply_lora, lora_layers, merge_lora, train_only
+from ..adapter_io import copy_to_peft
+from ..errors import UsageError
+from ..lora import LoRAConfig, apply_lora, lora_layers, merge_lora, train_only
+from ..models import load_model
+from ..provenance import Provenance, now
+from ..study.experiments import HEAD, PROFILES, Experiment
+from .harness import interleaved_times, median_ratio, op_profile, peak_rss_during, step_fn
 from .memory import training_state_bytes
-from .models import load_model
-from .provenance import Provenance, now
 
 VARIANTS = ("full", "lora", "lora_nodropout", "peft", "floor", "head_only", "lora_upper")
 LORA = {"lora": "lora-r16", "lora_nodropout": "lora-r16", "peft": "lora-r16", "lora_upper": "lora-r16-upper"}
@@ -95,6 +99,25 @@ def inference_times(base: nn.Module, batch: dict, repeats: int) -> dict[str, lis
         return interleaved_times({k: (lambda m=m: m(**inputs)) for k, m in models.items()}, repeats)
 
 
+def peak_training_bytes(model_name: str, variant: str, steps: int) -> int:
+    """Peak resident memory of ``steps`` training steps of a bench variant, in bytes above this process's
+    memory before the model was built (loading's transient peak does not count)."""
+    rss0 = psutil.Process().memory_info().rss
+    base = load_model(model_name)
+    model = make_variant(base, variant)
+    del base
+    gc.collect()
+    return peak_rss_during(step_fn(model, make_batch()), steps) - rss0
+
+
+def peak_rss_of_training(model_name: str, variant: str, steps: int = 3) -> int:
+    """:func:`peak_training_bytes` measured in a fresh process (``python -m lora_tutorial.benchmarks.bench
+    MODEL VARIANT STEPS``), so that variants cannot inherit each other's peaks."""
+    command = [sys.executable, "-m", __name__, model_name, variant, str(steps)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 def run_benchmark(model_name: str, repeats: int = 10, batch_size: int = 32, seq_len: int = 16) -> dict:
     """All measurements for one model; returns the record that ``bench`` writes to JSON."""
     torch.manual_seed(0)
@@ -147,8 +170,8 @@ def padding_benchmark(
     the same number of batches either way, so the ratio of mean step times is the epoch-time ratio."""
     from transformers import DataCollatorWithPadding
 
-    from .data import LengthGroupedBatches, load_sst2, padding_fraction, random_batches, tokenize
-    from .models import load_tokenizer
+    from ..data import LengthGroupedBatches, load_sst2, padding_fraction, random_batches, tokenize
+    from ..models import load_tokenizer
 
     tokenizer = load_tokenizer(model_name)
     train = tokenize(load_sst2(data_source), tokenizer)["train"]
@@ -198,3 +221,7 @@ def main(models: list[str], repeats: int, out: Path) -> list[dict]:
         for key, ratio in record["ratios"].items():
             print(f"{name:>18} {key:<32} {ratio:.3f}")
     return records
+
+
+if __name__ == "__main__":  # the fresh process of peak_rss_of_training
+    print(peak_training_bytes(sys.argv[1], sys.argv[2], int(sys.argv[3])))

@@ -11,8 +11,10 @@ from pathlib import Path
 import pandas as pd
 from datasets.utils.logging import disable_progress_bar
 
+from ..errors import UsageError
+from ..models import layer_count
+from ..plotting import book_style
 from . import stats
-from .errors import UsageError
 from .experiments import (
     HEADLINE_KINDS,
     PROFILES,
@@ -23,8 +25,6 @@ from .experiments import (
     ablation,
     suites,
 )
-from .models import layer_count
-from .plotting import book_style
 from .records import is_contended, is_stale
 from .runner import run_suite
 from .store import ResultStore
@@ -182,7 +182,7 @@ def study_results(
         "Showing a smoke-profile run instead (a tiny random BERT: the numbers mean nothing)."
     )
     folder = tempfile.mkdtemp()
-    run_suite("smoke", names, list(seeds), folder, progress=False)
+    run_suite(PROFILES["smoke"], names, list(seeds), folder, progress=False)
     return _labelled(load_results(folder, "smoke"), suite_labels("smoke", names)), "smoke"
 
 

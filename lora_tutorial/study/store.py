@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
+from ..provenance import now
 from .experiments import RunSpec, run_stem
-from .provenance import now
 from .records import DataUsed, RunRecord, is_stale
 
 RESULTS_ENV = "LORA_TUTORIAL_RESULTS"

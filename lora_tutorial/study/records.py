@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from .errors import UsageError
+from ..errors import UsageError
+from ..provenance import Provenance
 from .experiments import Profile
-from .provenance import Provenance
 
 
 @dataclass(frozen=True)
