@@ -155,3 +155,17 @@ def test_unusable_runs_are_refused_with_the_fix():
         stats.accuracy(df, "z")
     with pytest.raises(ValueError, match="same validation split"):
         stats.correctness(["010"], "01")
+
+
+def test_an_adjusted_interval_is_wider_and_says_its_level():
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(-2.0, 2.0, size=872)
+    a, b = simulate(rng, difficulty, 0.3, 3), simulate(rng, difficulty, 0.0, 3)
+    plain, nine = stats.bootstrap(a, b), stats.bootstrap(a, b, level=stats.adjusted(9))
+    assert stats.adjusted(9) == pytest.approx(1 - 0.05 / 9)
+    assert nine.low < plain.low < plain.high < nine.high
+    assert nine.mean == plain.mean
+    assert "99.4 % interval" in stats.verdict(nine, "A", "B")
+    assert "95 % interval" in stats.verdict(plain, "A", "B")
+    with pytest.raises(ValueError, match="at least one"):
+        stats.adjusted(0)
