@@ -2,6 +2,7 @@
 in a real (headless) browser, and the Colab twins match their MyST sources."""
 
 import ast
+import copy
 import importlib
 import inspect
 import os
@@ -95,6 +96,32 @@ def test_chapter_has_figures_and_no_errors(html, chapter):
     assert soup.select("span.math, div.math"), "no math"
     assert "Exercises" in soup.get_text(), "no exercises"
     assert soup.select(".dropdown"), "no hidden solutions"
+
+
+#: What a reader should never see in a page's prose or output: a raw experiment name, a missing value
+#: printed as nan, an integer printed as a float ("67349.0", "0.0e+00"), a float with all its digits.
+UNREADABLE = {
+    "an experiment name": re.compile(r"\b(?:lora|rslora|dora|loraplus|pissa)-r\d+(?:-[a-z0-9]+)*|\w@\d"),
+    "nan": re.compile(r"\bnan\b", re.IGNORECASE),
+    "an integer printed as a float": re.compile(r"(?<![\d.])\d{3,}\.0\b(?!\.)|\b0\.0e[+-]00\b"),
+    "a float with six or more decimals": re.compile(r"(?<![\d.])\d+\.\d{6,}\b"),
+}
+
+
+def reader_text(soup: BeautifulSoup) -> str:
+    """The page as a reader reads it: prose, tables and printed output; not the code cells' source."""
+    soup = copy.copy(soup)
+    for hidden in soup.select("div.cell_input, pre, code, script, style, div.highlight, nav, .toc"):
+        hidden.decompose()
+    return soup.get_text(" ")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", NOTEBOOKS, ids=lambda p: p.stem)
+def test_pages_show_labels_and_readable_numbers(html, chapter):
+    text = reader_text(page(html, chapter))
+    found = {what: sorted(set(rx.findall(text)))[:5] for what, rx in UNREADABLE.items() if rx.search(text)}
+    assert not found, f"{chapter.stem} shows {found}"
 
 
 @pytest.mark.slow
@@ -210,3 +237,17 @@ def test_api_page_documents_every_name_the_chapters_import():
                                 imported.add(a.name)
     missing = sorted(imported - documented_names())
     assert not missing, f"chapters use {missing}, which book/api.md does not document"
+
+
+def test_the_publishing_workflow_builds_this_book_and_deploys_its_html():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    steps = workflow["jobs"]["build"]["steps"]
+    commands = "\n".join(s.get("run", "") for s in steps)
+    assert "jupyter-book build . -W -n" in commands  # the build the tests check, warnings as errors
+    assert "torch==2.13.0" in commands
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-pages-artifact"))
+    assert upload["with"]["path"] == "_build/html"
+    deploy = workflow["jobs"]["deploy"]
+    assert deploy["needs"] == "build"
+    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert deploy["steps"][-1]["uses"].startswith("actions/deploy-pages")
