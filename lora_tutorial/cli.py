@@ -64,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead: padding of random vs length-grouped SST-2 batches and its effect on epoch time",
     )
+    bench.add_argument(
+        "--activations",
+        action="store_true",
+        help="instead: peak memory by sequence length, with and without gradient checkpointing",
+    )
     bench.add_argument("--data", default=None, help=DATA_HELP)
     return p
 
@@ -178,14 +183,20 @@ def choose_command(args: argparse.Namespace) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> None:
+    from .benchmarks.bench import activation_benchmark, padding_benchmark
     from .benchmarks.bench import main as bench_main
-    from .benchmarks.bench import padding_benchmark
 
-    if args.padding:
-        record = padding_benchmark(args.models[0], data_source=args.data)
+    if args.activations or args.padding:
+        kind = "activations" if args.activations else "padding"
+        if args.activations:
+            record = activation_benchmark(args.models[0])
+            shown = {k: record[k] for k in ("peak_training_rss_bytes", "lora_checkpointed_over_plain_step")}
+        else:
+            record = padding_benchmark(args.models[0], data_source=args.data)
+            shown = record["padding_fraction"] | record["ratios"]
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / f"padding-{args.models[0]}.json").write_text(json.dumps(record, indent=1))
-        print(json.dumps(record["padding_fraction"] | record["ratios"], indent=1))
+        (Path(args.out) / f"{kind}-{args.models[0]}.json").write_text(json.dumps(record, indent=1))
+        print(json.dumps(shown, indent=1))
     else:
         bench_main(args.models, args.repeats, Path(args.out))
 

@@ -3,7 +3,7 @@ backprop floor and head-only training; our LoRA against peft's; merged vs unmerg
 
 The LoRA timed is the study's (``lora-r16`` of the cpu profile: r = 16 on query and value, its dropout).
 Every ratio is measured in one process on the same batch, variants interleaved, warm-up excluded,
-as the median of the pairwise ratios of repeats (see :mod:`lora_tutorial.harness`).
+as the median of the pairwise ratios of repeats (see :mod:`lora_tutorial.benchmarks.harness`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -99,23 +100,87 @@ def inference_times(base: nn.Module, batch: dict, repeats: int) -> dict[str, lis
         return interleaved_times({k: (lambda m=m: m(**inputs)) for k, m in models.items()}, repeats)
 
 
-def peak_training_bytes(model_name: str, variant: str, steps: int) -> int:
-    """Peak resident memory of ``steps`` training steps of a bench variant, in bytes above this process's
-    memory before the model was built (loading's transient peak does not count)."""
+def checkpointed(model: nn.Module) -> nn.Module:
+    """Gradient checkpointing on: each layer's activations are recomputed in the backward pass instead of
+    kept (the non-reentrant form, which needs no trainable input)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def peak_training_bytes(
+    model_name: str, variant: str, steps: int, seq_len: int = 16, checkpointing: bool = False
+) -> int:
+    """Peak resident memory of ``steps`` training steps of a bench variant on batches of 32 sequences of
+    ``seq_len`` tokens, in bytes above this process's memory before the model was built (loading's
+    transient peak does not count)."""
     rss0 = psutil.Process().memory_info().rss
     base = load_model(model_name)
     model = make_variant(base, variant)
+    if checkpointing:
+        checkpointed(model)
     del base
     gc.collect()
-    return peak_rss_during(step_fn(model, make_batch()), steps) - rss0
+    return peak_rss_during(step_fn(model, make_batch(seq_len=seq_len)), steps) - rss0
 
 
-def peak_rss_of_training(model_name: str, variant: str, steps: int = 3) -> int:
+def peak_rss_of_training(
+    model_name: str, variant: str, steps: int = 3, seq_len: int = 16, checkpointing: bool = False
+) -> int:
     """:func:`peak_training_bytes` measured in a fresh process (``python -m lora_tutorial.benchmarks.bench
-    MODEL VARIANT STEPS``), so that variants cannot inherit each other's peaks."""
-    command = [sys.executable, "-m", __name__, model_name, variant, str(steps)]
+    MODEL VARIANT STEPS SEQ_LEN CHECKPOINTING``), so that variants cannot inherit each other's peaks."""
+    command = [
+        sys.executable,
+        "-m",
+        __name__,
+        model_name,
+        variant,
+        str(steps),
+        str(seq_len),
+        str(int(checkpointing)),
+    ]
     out = subprocess.run(command, capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
+
+
+def activation_benchmark(
+    model_name: str = "minilm", lengths: tuple[int, ...] = (16, 64, 128), repeats: int = 5
+) -> dict:
+    """What a training step holds, by sequence length, for full fine-tuning and LoRA: the peak memory of
+    three steps (a fresh process each), with and without gradient checkpointing; the weights, gradients
+    and AdamW state (which do not depend on the length); and the step-time ratio checkpointing costs,
+    measured interleaved in this process."""
+    base = load_model(model_name)
+    state = {v: training_state_bytes(make_variant(base, v), make_batch()) for v in ("full", "lora")}
+    peak, time_ratio = {}, {}
+    for n in lengths:
+        peak[n] = {
+            f"{v}{'_checkpointed' if c else ''}": peak_rss_of_training(
+                model_name, v, seq_len=n, checkpointing=c
+            )
+            for v in ("full", "lora")
+            for c in (False, True)
+        }
+        batch = make_batch(seq_len=n)
+        plain, ckpt = make_variant(base, "lora"), checkpointed(make_variant(base, "lora"))
+        times = interleaved_times(
+            {"plain": step_fn(plain, batch), "checkpointed": step_fn(ckpt, batch)}, repeats
+        )
+        time_ratio[n] = median_ratio(times, "checkpointed", "plain")
+    return {
+        "model": model_name,
+        "batch_size": 32,
+        "sequence_lengths": list(lengths),
+        "training_state_bytes": state,
+        "peak_training_rss_bytes": peak,
+        "lora_checkpointed_over_plain_step": time_ratio,
+        "load_average_1min": os.getloadavg()[0],
+        **vars(Provenance.here()),
+        "finished": now(),
+    }
 
 
 def run_benchmark(model_name: str, repeats: int = 10, batch_size: int = 32, seq_len: int = 16) -> dict:
@@ -224,4 +289,5 @@ def main(models: list[str], repeats: int, out: Path) -> list[dict]:
 
 
 if __name__ == "__main__":  # the fresh process of peak_rss_of_training
-    print(peak_training_bytes(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    name, variant, steps, seq_len, checkpointing = sys.argv[1:6]
+    print(peak_training_bytes(name, variant, int(steps), int(seq_len), checkpointing == "1"))

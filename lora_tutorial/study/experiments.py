@@ -33,10 +33,10 @@ MODULE_SETS = {
 }  # qkvo-ffn: every linear layer of the encoder
 ALL_LINEAR = "qkvo-ffn"
 LORAPLUS_RATIO = 16.0  # LoRA+: B's learning rate over A's (Hayou et al., 2024)
-#: Each optimiser rule by name: B's learning rate over A's (AdamW over the trainable parameters in both).
+#: B's learning rate over A's under each optimiser rule (AdamW over the trainable parameters in both).
 OPTIMIZERS = {"adamw": 1.0, "loraplus": LORAPLUS_RATIO}
-#: The word a LoRA experiment's name starts with, and what it selects: the layer variant (a name in
-#: ``lora.VARIANTS``) and the optimiser rule (``OPTIMIZERS``). The name grammar is built from this table.
+#: The layer variant (a name in ``lora.VARIANTS``) and the optimiser rule (``OPTIMIZERS``) that each first
+#: word of a LoRA experiment's name selects. The name grammar is built from this table.
 PREFIXES = {
     "lora": ("lora", "adamw"),
     "rslora": ("rslora", "adamw"),

@@ -47,7 +47,7 @@ class Interval:
 
     @property
     def percent(self) -> str:
-        """The level as the text says it: ``95 %``, ``99.4 %``."""
+        """The level as text, such as ``95 %`` or ``99.4 %``."""
         return f"{100 * self.level:.3g} %"
 
     @property
