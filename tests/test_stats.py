@@ -169,3 +169,12 @@ def test_an_adjusted_interval_is_wider_and_says_its_level():
     assert "95 % interval" in stats.verdict(plain, "A", "B")
     with pytest.raises(ValueError, match="at least one"):
         stats.adjusted(0)
+
+
+def test_a_sentence_states_the_finding_first_and_ends():
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(-2.0, 2.0, size=872)
+    same = stats.bootstrap(simulate(rng, difficulty, 0.0, 3), simulate(rng, difficulty, 0.0, 3))
+    text = stats.sentence(same, "LoRA", "full fine-tuning")
+    assert text.startswith("No difference between LoRA and full fine-tuning is detectable")
+    assert text.endswith(").")

@@ -198,6 +198,14 @@ def verdict(diff: Interval, a: str, b: str) -> str:
     return f"{a} is {side} {b} by {abs(diff.mean):.{diff.digits}f} {diff.unit} ({diff.bounds})"
 
 
+def sentence(diff: Interval, a: str, b: str) -> str:
+    """The same finding as :func:`verdict`, as a sentence that states it first and its numbers after:
+    "A is ahead of B by 1.44 points (95 % interval ...)." or "No difference between A and B is detectable
+    at this budget (...)." """
+    clause = verdict(diff, a, b)
+    return clause[0].upper() + clause[1:] + "."
+
+
 def summary_table(df: pd.DataFrame, experiments: list[str], **kw) -> pd.DataFrame:
     """Per experiment: seeds, mean accuracy and its 95 % interval (points), for tables and error bars."""
     rows = {}
