@@ -143,13 +143,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
             for n, p in model.named_parameters():
                 p.requires_grad_(requires_grad[n])
             raise
-    differ = [f for f in FUNCTION_FIELDS if _setting(current, f) != _setting(config, f)]
-    if differ:
-        said = ", ".join(f"{f}={getattr(current, f)!r} vs {getattr(config, f)!r}" for f in differ)
-        raise UsageError(
-            f"The model's LoRA differs from the adapter in {path} ({said}; the model's first); "
-            "load it into the base model instead (without apply_lora)."
-        )
+    check_same_lora(current, config, path)
     if any(layer.merged for layer in lora_layers(model).values()):
         raise UsageError(
             "The model's LoRA layers are merged; call unmerge() on them before loading an adapter."
@@ -157,7 +151,28 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     return _load_weights(model, path)
 
 
+def check_same_lora(current: LoRAConfig, config: LoRAConfig, path: str | Path) -> None:
+    """Refuse an adapter whose LoRA computes something else than the model's (``FUNCTION_FIELDS``)."""
+    differ = [f for f in FUNCTION_FIELDS if _setting(current, f) != _setting(config, f)]
+    if differ:
+        said = ", ".join(f"{f}={getattr(current, f)!r} vs {getattr(config, f)!r}" for f in differ)
+        raise UsageError(
+            f"The model's LoRA differs from the adapter in {path} ({said}; the model's first); "
+            "load it into the base model instead (without apply_lora)."
+        )
+
+
 def _load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in adapter_tensors(model, path).items():
+            params[name].copy_(tensor)
+    return model
+
+
+def adapter_tensors(model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+    """A saved adapter's tensors under the model's parameter names, checked against the model: every name
+    it has, every shape it expects, every LoRA matrix it needs."""
     params = dict(model.named_parameters())
     loaded = {_from_peft_key(k): v for k, v in load_file(Path(path) / WEIGHTS_FILE).items()}
     for name, tensor in loaded.items():
@@ -177,7 +192,4 @@ def _load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             f"The adapter in {path} lacks {len(missing)} LoRA matrices the model has "
             f"(first: {missing[0]!r}); its target_modules or layers differ."
         )
-    with torch.no_grad():
-        for name, tensor in loaded.items():
-            params[name].copy_(tensor)
-    return model
+    return loaded

@@ -77,6 +77,7 @@ class LoRALinear(nn.Module):
         self.dropout = LoRADropout(dropout) if dropout > 0 else nn.Identity()
         # Saved with the weights, so a reloaded merged model knows it is merged (no double merge).
         self.register_buffer("merged", torch.tensor(False, device=w.device))
+        self.enabled = True  # False: the layer computes its base alone (see adapters.AdapterSet.disabled)
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
@@ -88,8 +89,9 @@ class LoRALinear(nn.Module):
         return F.linear(F.linear(self.dropout(x), self.lora_A) * self.scaling, self.lora_B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``W x + b + scaling * B A dropout(x)`` (or the variant's forward); once merged, the base layer."""
-        return self.base(x) if self.merged else self.variant.forward(self, x)
+        """``W x + b + scaling * B A dropout(x)`` (or the variant's forward); merged or disabled, the base
+        layer (which, merged, holds the update)."""
+        return self.base(x) if self.merged or not self.enabled else self.variant.forward(self, x)
 
     def delta_weight(self) -> torch.Tensor:
         """The update ``scaling * B @ A``, shaped like the base weight."""
