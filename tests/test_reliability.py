@@ -37,6 +37,11 @@ def command(learnable, results, *args):
     ]
 
 
+def run_smoke(capsys, *args) -> tuple[int, str, str]:
+    """``python -m lora_tutorial run --profile smoke ARGS``, typed in this process."""
+    return typed(capsys, "run", "--profile", "smoke", *args)
+
+
 def test_a_stored_run_answers_only_the_data_it_was_made_on(learnable, tmp_path):
     small = tmp_path / "small"
     small.mkdir()
@@ -54,17 +59,8 @@ def test_a_stored_run_answers_only_the_data_it_was_made_on(learnable, tmp_path):
 def test_a_missing_data_folder_is_an_error_even_when_every_run_is_stored(learnable, tmp_path, capsys):
     runner.run_suite(PROFILES["smoke"], ["head-e1"], [0], tmp_path, learnable, progress=False)
     capsys.readouterr()
-    status, _, err = typed(
-        capsys,
-        "run",
-        "--profile",
-        "smoke",
-        "--experiments",
-        "head-e1",
-        "--data",
-        "/nonexistent",
-        "--results",
-        str(tmp_path),
+    status, _, err = run_smoke(
+        capsys, "--experiments", "head-e1", "--data", "/nonexistent", "--results", str(tmp_path)
     )
     assert (status, err.count("\n")) == (2, 1)
     assert "SST-2 folder /nonexistent does not exist" in err
@@ -82,7 +78,7 @@ def test_a_missing_data_folder_is_an_error_even_when_every_run_is_stored(learnab
 )
 def test_bad_seeds_and_budgets_are_one_line_before_any_data_loads(args, says, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runner, "prepare_data", lambda *a: pytest.fail("data loaded"))
-    status, _, err = typed(capsys, "run", "--profile", "smoke", *args, "--results", str(tmp_path))
+    status, _, err = run_smoke(capsys, *args, "--results", str(tmp_path))
     assert (status, err.count("\n")) == (2, 1)
     assert says in err
 
@@ -90,9 +86,7 @@ def test_bad_seeds_and_budgets_are_one_line_before_any_data_loads(args, says, tm
 def test_an_unwritable_results_folder_is_refused_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runner, "prepare_data", lambda *a: pytest.fail("data loaded"))
     (tmp_path / "file").write_text("not a folder")
-    status, _, err = typed(
-        capsys, "run", "--profile", "smoke", "--results", str(tmp_path / "file" / "results")
-    )
+    status, _, err = run_smoke(capsys, "--results", str(tmp_path / "file" / "results"))
     assert (status, err.count("\n")) == (2, 1)
     assert "Cannot write results to" in err
 
@@ -102,11 +96,8 @@ def test_a_diverging_rate_is_one_line_that_says_to_lower_it(learnable, tmp_path,
         raise LossDiverged("The loss diverged (became nan) at step 3 (epoch 1); lower the learning rate")
 
     monkeypatch.setattr(runner, "train", diverged)
-    status, _, err = typed(
+    status, _, err = run_smoke(
         capsys,
-        "run",
-        "--profile",
-        "smoke",
         "--experiments",
         "head-e1",
         "--data",
