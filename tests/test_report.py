@@ -212,3 +212,25 @@ def test_the_scaling_table_finds_each_rules_best_rate_and_its_flat_region():
 )
 def test_every_experiment_has_a_readers_label_without_its_id(name, says):
     assert report.label(name) == says
+
+
+def test_a_table_reads_as_labels_and_numbers_a_reader_reads():
+    table = pd.DataFrame(
+        {
+            "seeds": [3, 3],
+            "accuracy (%)": [84.371, 83.0],
+            "low": [np.nan, 80.0],
+            "trainable params": [222338.0, 67349.0],
+            "best lr": [1e-3, 2.5e-5],
+        },
+        index=["lora-r8-qv", "full"],
+    )
+    shown = report.readable(table)
+    assert list(shown.index) == ["LoRA r = 8, query and value", "full fine-tuning"]
+    assert list(shown["accuracy (%)"]) == ["84.37", "83.00"]
+    assert list(shown["low"]) == ["—", "80.00"]
+    assert list(shown["trainable params"]) == ["222,338", "67,349"]
+    assert list(shown["best lr"]) == ["1e-3", "2.5e-5"]
+    assert list(report.readable(pd.DataFrame({"x": [1.5]}, index=["not an experiment"])).index) == [
+        "not an experiment"
+    ]

@@ -145,7 +145,7 @@ PROFILES = {
             "rslora": (1e-4, 3e-4, 1e-3, 3e-3),  # alpha / sqrt(r): 4x LoRA's scale at r = 16
             "dora": (3e-4, 1e-3, 3e-3, 1e-2),
             "loraplus": (1e-4, 3e-4, 1e-3),  # A's rate; B's is 16x
-            "pissa": (3e-5, 1e-4, 3e-4, 1e-3),  # A and B start at W's principal part, not at 0
+            "pissa": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3),  # 3e-3 added: the best sat at the edge
         },
         scaling_sweep=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),  # one grid for every rule and rank: no rule favoured
     ),

@@ -23,6 +23,7 @@ from .experiments import (
     SWEEP_BASES,
     Experiment,
     ablation,
+    lr_text,
     suites,
 )
 from .records import is_contended, is_stale
@@ -235,17 +236,47 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Brief:
-    """A table shown by the columns the text discusses, with all of its columns one click away."""
+    """A table shown by the columns the text discusses, with all of its columns one click away; as a
+    reader reads it (see :func:`readable`)."""
 
     table: pd.DataFrame
     columns: tuple[str, ...]
 
     def _repr_html_(self) -> str:
-        short, full = self.table[list(self.columns)]._repr_html_(), self.table._repr_html_()
+        shown = readable(self.table)
+        short, full = shown[list(self.columns)]._repr_html_(), shown._repr_html_()
         return f"{short}<details><summary>All columns</summary>{full}</details>"
 
     def __repr__(self) -> str:
-        return repr(self.table[list(self.columns)])
+        return repr(readable(self.table)[list(self.columns)])
+
+
+def readable(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """``table`` as a reader reads it: experiments by their labels, learning rates as names write them,
+    counts as integers with thousands separators, other numbers to ``digits`` decimals, a missing value as
+    a dash."""
+    out = table.copy()
+    try:
+        out.index = [label(n) for n in out.index]
+    except (UsageError, TypeError, KeyError):  # an index of something else than experiment names
+        pass
+    for column in out.columns:
+        values = out[column]
+        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+            out[column] = values.map(lambda v: "—" if v is None or (isinstance(v, float) and v != v) else v)
+            continue
+        if column == "lr" or str(column).endswith(" lr"):  # a learning rate as a name writes it: 1e-3
+            out[column] = values.map(lambda v: "—" if pd.isna(v) else lr_text(v))
+            continue
+        known = values.dropna()
+        # counts (parameters, seeds, examples): integers, or whole floats of which one is at least 100
+        whole = values.dtype.kind in "iu" or (
+            len(known) > 0 and known.map(float.is_integer).all() and known.abs().max() >= 100
+        )
+        out[column] = values.map(
+            lambda v, whole=whole: "—" if pd.isna(v) else f"{int(v):,}" if whole else f"{v:,.{digits}f}"
+        )
+    return out
 
 
 def brief(table: pd.DataFrame, *columns: str) -> Brief:
