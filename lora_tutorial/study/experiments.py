@@ -132,6 +132,7 @@ PROFILES = {
             "rslora": 1e-3,
             "dora": 1e-3,
             "loraplus": 3e-4,
+            "pissa": 1e-3,
             "head": 1e-3,
         },
         epochs={"full": 1, "lora": 2, "lora-qkvo-ffn": 2, "head": 1},
@@ -399,8 +400,8 @@ def ablation(profile: Profile, name: str) -> str:
 ABLATIONS = {
     "layers": ("lora-r8-qv", "lora-r8-lower", "lora-r8-upper", "lora-r8-layer{i}"),
     "modules": ("lora-r8-q", "lora-r8-v", "lora-r8-qv", "lora-r8-qkvo", "lora-r8-qkvo-ffn"),
-    # each variant at the rate its own sweep chose (pissa joins once its sweep has run and chosen one)
-    "variants": tuple(f"{v}-r16-qv" for v in VARIANT_NAMES if v != "pissa"),
+    # each variant at the rate its own sweep chose
+    "variants": tuple(f"{v}-r16-qv" for v in VARIANT_NAMES),
 }
 
 
