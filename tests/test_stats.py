@@ -178,3 +178,33 @@ def test_a_sentence_states_the_finding_first_and_ends():
     text = stats.sentence(same, "LoRA", "full fine-tuning")
     assert text.startswith("No difference between LoRA and full fine-tuning is detectable")
     assert text.endswith(").")
+
+
+def test_a_comparison_quotes_both_metrics_and_says_when_they_disagree():
+    rng = np.random.default_rng(0)
+    labels = "".join(rng.choice(["0", "1"], size=400))
+    truth = np.array([c == "1" for c in labels])
+
+    def runs(confidence, name):  # the same right answers, held with another confidence
+        p = np.where(truth, confidence, 1 - confidence)
+        rows = [
+            {
+                "experiment": name,
+                "seed": s,
+                "predictions": labels,
+                "probabilities": list(p),
+                "validation_labels": labels,
+            }
+            for s in (0, 1)
+        ]
+        return pd.DataFrame(rows)
+
+    df = pd.concat([runs(0.9, "sure"), runs(0.6, "unsure")])
+    text = stats.comparison(df, "sure", "unsure", "A", "B")
+    assert text.startswith("No difference between A and B is detectable")  # equal accuracy
+    assert "In log-loss per sentence, A is ahead of B by 0.405 nats" in text
+    assert "The two metrics disagree" in text
+    accuracy_only = df.assign(probabilities=None)
+    assert stats.comparison(accuracy_only, "sure", "unsure", "A", "B") == stats.sentence(
+        stats.difference(df, "sure", "unsure"), "A", "B"
+    )

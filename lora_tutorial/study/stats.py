@@ -206,6 +206,27 @@ def sentence(diff: Interval, a: str, b: str) -> str:
     return clause[0].upper() + clause[1:] + "."
 
 
+def comparison(df: pd.DataFrame, a: str, b: str, label_a: str, label_b: str, **kw) -> str:
+    """``a`` against ``b`` in both metrics, as sentences: accuracy, then mean log-loss per sentence where
+    every run stores its probabilities, and a word where the two disagree."""
+    acc = difference(df, a, b, **kw)
+    text = sentence(acc, label_a, label_b)
+    try:
+        loss = log_loss_difference(df, a, b, **kw)
+    except UsageError:  # probabilities not stored for every run: accuracy only
+        return text
+    text += f" In log-loss per sentence, {verdict(loss, label_a, label_b)}."
+    same = acc.contains_zero == loss.contains_zero and (
+        acc.contains_zero or (acc.mean > 0) == (loss.mean < 0)
+    )
+    if not same:
+        text += (
+            " The two metrics disagree: accuracy counts only which side of one half each probability "
+            "falls on, log-loss also how confident it is."
+        )
+    return text
+
+
 def summary_table(df: pd.DataFrame, experiments: list[str], **kw) -> pd.DataFrame:
     """Per experiment: seeds, mean accuracy and its 95 % interval (points), for tables and error bars."""
     rows = {}
