@@ -234,3 +234,15 @@ def test_a_table_reads_as_labels_and_numbers_a_reader_reads():
     assert list(report.readable(pd.DataFrame({"x": [1.5]}, index=["not an experiment"])).index) == [
         "not an experiment"
     ]
+
+
+def test_a_brief_table_says_why_a_value_is_missing():
+    table = pd.DataFrame(
+        {"accuracy (%)": [84.0, 83.0], "low": [82.0, np.nan], "s / epoch": [np.nan, 120.5]},
+        index=["lora-r8-lower", "full"],
+    )
+    html = report.brief(table, "accuracy (%)", "low", "s / epoch")._repr_html_()
+    assert "every run of that setting shared the CPU" in html
+    assert "not every run of that setting stores its predictions" in html
+    assert "nan" not in html.lower()
+    assert not report.brief(table, "accuracy (%)").notes()

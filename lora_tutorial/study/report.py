@@ -245,10 +245,27 @@ class Brief:
     def _repr_html_(self) -> str:
         shown = readable(self.table)
         short, full = shown[list(self.columns)]._repr_html_(), shown._repr_html_()
-        return f"{short}<details><summary>All columns</summary>{full}</details>"
+        notes = "".join(f"<p>{n}</p>" for n in self.notes())
+        return f"{short}{notes}<details><summary>All columns</summary>{full}</details>"
+
+    def notes(self) -> list[str]:
+        """Why a shown column has a dash: the reason for each kind of missing value."""
+        missing = [c for c in self.columns if self.table[c].isna().any()]
+        reasons = []
+        if any(c in MISSING_TIME for c in missing):
+            reasons.append(
+                "— in a time or memory column: every run of that setting shared the CPU with other work, so "
+                "none of them measured what the machine can do."
+            )
+        if any(c in ("low", "high") for c in missing):
+            reasons.append("— in low or high: not every run of that setting stores its predictions.")
+        return reasons
 
     def __repr__(self) -> str:
         return repr(readable(self.table)[list(self.columns)])
+
+
+MISSING_TIME = ("s / epoch", "train time (min)", "peak memory (GiB)")
 
 
 def readable(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
