@@ -53,7 +53,8 @@ class Interval:
     @property
     def span(self) -> str:
         """The signed mean and its interval in points, as ``+0.55 points, 95 % interval -0.73 to +1.86``."""
-        return f"{self.mean:+.{self.digits}f} {self.unit}, {self.bounds}"
+        mean = f"{self.mean:+.{self.digits}f}" if round(self.mean, self.digits) else f"{0:.{self.digits}f}"
+        return f"{mean} {self.unit}, {self.bounds}"
 
     def __str__(self) -> str:
         d = self.digits
@@ -203,7 +204,8 @@ def sentence(diff: Interval, a: str, b: str) -> str:
     "A is ahead of B by 1.44 points (95 % interval ...)." or "No difference between A and B is detectable
     at this budget (...)." """
     clause = verdict(diff, a, b)
-    return clause[0].upper() + clause[1:] + "."
+    symbol = len(clause) > 1 and clause[1] == " "  # a label such as "r = 1" keeps its case
+    return (clause if symbol else clause[0].upper() + clause[1:]) + "."
 
 
 def comparison(df: pd.DataFrame, a: str, b: str, label_a: str, label_b: str, **kw) -> str:
