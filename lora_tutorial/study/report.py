@@ -114,6 +114,7 @@ def result_rows(profile_name: str, results: str | Path | None = None, superseded
                 "epochs": hp["epochs"],
                 "lora_dropout": hp.get("lora_dropout"),
                 "validation_accuracy": r.accuracy,
+                "history": r.metrics.get("history", []),  # validation accuracy and loss after each epoch
                 "trainable_params": r.params.trainable,
                 "total_params": r.params.total,
                 "lora_params": r.params.lora,
