@@ -433,3 +433,15 @@ def test_a_run_in_a_process_of_its_own_needs_the_registered_profile(learnable, t
     changed = replace(PROFILES["smoke"], batch_size=3)  # the child would look up "smoke" and get another one
     with pytest.raises(UsageError, match="differs from the one registered under that name"):
         runner.run_in_child(spec(changed, "head", 0), tmp_path, learnable, progress=False)
+
+
+def test_every_linear_layer_at_r16_is_tuned_apart_from_r4():
+    cpu = PROFILES["cpu"]
+    r16, r4 = (Experiment.parse(f"lora-r{r}-qkvo-ffn-e1-n20000@1e-3") for r in (16, 4))
+    assert (r16.sweep_kind, r4.sweep_kind) == ("lora-r16-qkvo-ffn", "lora-qkvo-ffn")
+    assert r16.kind == r4.kind == "lora-qkvo-ffn"  # one kind of run; two sweeps
+    sweep = {name for _, name in suites(cpu, 6)["sweep"]}
+    assert {f"lora-r16-qkvo-ffn-e1-n20000@{lr_text(lr)}" for lr in cpu.sweep["lora-r16-qkvo-ffn"]} <= sweep
+    tuned = replace(cpu, lr=cpu.lr | {"lora-r16-qkvo-ffn": 3e-3})
+    assert Experiment.parse("lora-r16-qkvo-ffn").resolve(tuned).lr == 3e-3  # its own rate once chosen
+    assert Experiment.parse("lora-r4-qkvo-ffn").resolve(tuned).lr == cpu.lr["lora-qkvo-ffn"]

@@ -55,9 +55,10 @@ SWEEP_BASES = {
     "dora": "dora-r16",
     "loraplus": "loraplus-r16",
     "pissa": "pissa-r16",
+    f"lora-r16-{ALL_LINEAR}": f"lora-r16-{ALL_LINEAR}",  # every linear layer at r = 16: the capacity question
 }
 #: The kinds the headline compares (full fine-tuning, LoRA on query and value, LoRA on every linear layer).
-HEADLINE_KINDS = tuple(SWEEP_BASES)[:3]
+HEADLINE_KINDS = ("full", "lora", f"lora-{ALL_LINEAR}")
 #: The scaling rules the rank study compares, by a reader's label, with the name words that select each.
 SCALING_RULES = {
     "alpha = 2r": "lora-r{r}-qv",  # s = 2 at every rank
@@ -141,6 +142,7 @@ PROFILES = {
             "full": (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
             "lora": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
             "lora-qkvo-ffn": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+            "lora-r16-qkvo-ffn": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
             # the variants, each at its own rate: three rates around where its scale puts its best one,
             # widened by one where the best sat at the edge
             "rslora": (1e-4, 3e-4, 1e-3, 3e-3),  # alpha / sqrt(r): 4x LoRA's scale at r = 16
@@ -322,6 +324,18 @@ class Experiment:
         return f"lora-{ALL_LINEAR}" if self.target == ALL_LINEAR else "lora"
 
     @property
+    def base(self) -> str:
+        """The name without learning rate, epochs and budget: what a sweep varies those around."""
+        return replace(self, lr=None, epochs=None, train_examples=None).name
+
+    @property
+    def sweep_kind(self) -> str:
+        """The ``SWEEP_BASES`` key whose experiment this is (at any rate, epochs and budget), else
+        :attr:`kind`: LoRA on every linear layer at r = 16 is tuned apart from r = 4."""
+        bases = {Experiment.parse(b).base: k for k, b in SWEEP_BASES.items()}
+        return bases.get(self.base, self.kind)
+
+    @property
     def lr_ratio_b(self) -> float:
         """B's learning rate over A's (LoRA+)."""
         return OPTIMIZERS[self.optimizer]
@@ -329,8 +343,8 @@ class Experiment:
     def resolve(self, profile: Profile) -> Experiment:
         """The same experiment with the profile's learning rate, epochs and budget filled in."""
 
-        def pick(table: dict):
-            return table.get(self.kind, table.get(self.method))
+        def pick(table: dict):  # the most specific entry: this sweep's kind, the kind, the method
+            return table.get(self.sweep_kind, table.get(self.kind, table.get(self.method)))
 
         return replace(
             self,

@@ -328,7 +328,7 @@ def _sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
         exp, interval = Experiment.parse(name), stats.accuracy(group.assign(experiment=name), name)
         rows.append(
             {
-                "kind": exp.kind,
+                "kind": exp.sweep_kind,
                 "lr": exp.lr,
                 "seeds": len(group),
                 "accuracy (%)": interval.mean,
@@ -433,7 +433,7 @@ def peak_contrasts(profile: str = "cpu", results: str | Path | None = None) -> l
     out = []
     for kind, best in best_rates(table).iterrows():
         rates = sorted(table.loc[table["kind"] == kind, "lr"])
-        name = {Experiment.parse(n).lr: n for n in df["name"] if Experiment.parse(n).kind == kind}
+        name = {Experiment.parse(n).lr: n for n in df["name"] if Experiment.parse(n).sweep_kind == kind}
         i = rates.index(best["best lr"])
         for other in rates[max(i - 1, 0) : i] + rates[i + 1 : i + 2]:
             diff = stats.difference(df, name[best["best lr"]], name[other])
