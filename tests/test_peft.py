@@ -85,18 +85,24 @@ def test_peft_adapter_loads_in_ours(tiny, batch, tmp_path, cfg):
     assert (tiny(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("kind", ["lora", "lora-qkvo-ffn"], ids=["q-v-r16", "all-linear-r4"])
+STORED = {  # one stored adapter of each kind the study trains
+    "q-v-r16": lambda e: e.kind == "lora" and e.r == 16 and e.alpha is None,
+    "all-linear-r4": lambda e: e.kind == "lora-qkvo-ffn" and e.r == 4,
+    "alpha-over-r": lambda e: e.scaling_rule == "alpha / r" and e.r != 16,
+    "rslora-alpha-8": lambda e: e.scaling_rule == "alpha / sqrt(r)" and e.r != 16,
+    "dora": lambda e: e.variant == "dora",
+    "pissa": lambda e: e.variant == "pissa",
+    "loraplus": lambda e: e.optimizer == "loraplus",
+}
+
+
+@pytest.mark.parametrize("kind", list(STORED))
 def test_the_studys_stored_adapters_load_in_peft(minilm, batch, kind):
     """The study's adapters, as stored in results/cpu, load in peft.PeftModel on the embedded model."""
     runs = load_results(None, "cpu")
     runs = runs[runs["current"] & runs["adapter"].notna()]
-    rank = {"lora": 16, "lora-qkvo-ffn": 4}[kind]
-    paths = [
-        a
-        for n, a in zip(runs["name"], runs["adapter"])
-        if (e := Experiment.parse(n)).kind == kind and e.r == rank
-    ]
-    assert paths, f"no stored {kind} adapter of rank {rank} in results/cpu"
+    paths = [a for n, a in zip(runs["name"], runs["adapter"]) if STORED[kind](Experiment.parse(n))]
+    assert paths, f"no stored {kind} adapter in results/cpu"
     theirs = PeftModel.from_pretrained(copy.deepcopy(minilm), paths[0]).eval()
     ours = load_adapter(copy.deepcopy(minilm), paths[0]).eval()
     assert (ours(**batch).logits - theirs(**batch).logits).abs().max() <= 1e-5
