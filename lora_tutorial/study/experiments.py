@@ -325,13 +325,13 @@ class Experiment:
 
     @property
     def base(self) -> str:
-        """The name without learning rate, epochs and budget: what a sweep varies those around."""
+        """The name without learning rate, epochs and budget, which a sweep varies around it."""
         return replace(self, lr=None, epochs=None, train_examples=None).name
 
     @property
     def sweep_kind(self) -> str:
-        """The ``SWEEP_BASES`` key whose experiment this is (at any rate, epochs and budget), else
-        :attr:`kind`: LoRA on every linear layer at r = 16 is tuned apart from r = 4."""
+        """The ``SWEEP_BASES`` key whose experiment this is (at any rate, epochs and budget), else its
+        :attr:`kind`; so LoRA on every linear layer at r = 16 is tuned apart from r = 4."""
         bases = {Experiment.parse(b).base: k for k, b in SWEEP_BASES.items()}
         return bases.get(self.base, self.kind)
 
