@@ -163,10 +163,15 @@ def check_same_lora(current: LoRAConfig, config: LoRAConfig, path: str | Path) -
 
 
 def _load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    return copy_into(model, adapter_tensors(model, path))
+
+
+@torch.no_grad()
+def copy_into(model: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Copy an adapter's tensors (by the model's parameter names) into ``model``; returns it."""
     params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in adapter_tensors(model, path).items():
-            params[name].copy_(tensor)
+    for name, tensor in tensors.items():
+        params[name].copy_(tensor)
     return model
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapter_io import adapter_state_dict, adapter_tensors, check_same_lora, read_adapter_config
+from .adapter_io import adapter_state_dict, adapter_tensors, check_same_lora, copy_into, read_adapter_config
 from .errors import UsageError
 from .lora import LoRAConfig, lora_layers
 
@@ -51,16 +51,12 @@ class AdapterSet:
         del self.adapters[name]
         self.active = None if self.active == name else self.active
 
-    @torch.no_grad()
     def use(self, name: str) -> nn.Module:
         """Make ``name`` the adapter the model computes with; returns the model."""
         self._known(name)
         self._not_merged("switch adapters")
-        params = dict(self.model.named_parameters())
-        for n, tensor in self.adapters[name].items():
-            params[n].copy_(tensor)
         self.active = name
-        return self.model
+        return copy_into(self.model, self.adapters[name])
 
     @contextmanager
     def disabled(self) -> Iterator[nn.Module]:
