@@ -165,7 +165,7 @@ def results_command(args: argparse.Namespace) -> None:
 
 
 def choose_command(args: argparse.Namespace) -> None:
-    from .study.report import choose, counted
+    from .study.report import choose, counted, rank_rates
 
     profile_named(args.profile)
     choices = choose(args.profile, args.results)
@@ -180,6 +180,13 @@ def choose_command(args: argparse.Namespace) -> None:
         print(f"{c.kind}: lr {c.lr:g}{edge}; {seen}; epochs: {c.epochs or 'not yet decided'}")
         if c.to_run:
             print(f"  still to run, on the sweep's seeds: {' '.join(c.to_run)}")
+    for c in rank_rates(args.profile, args.results):
+        notes = [
+            n
+            for n, on in (("at the edge of the grid: widen it", c.at_edge), (f"{c.seeds} seed", c.seeds < 2))
+            if on
+        ]
+        print(f"rank, {c.rule}, r = {c.r}: lr {c.lr:g}" + (f" ({'; '.join(notes)})" if notes else ""))
 
 
 def bench_command(args: argparse.Namespace) -> None:

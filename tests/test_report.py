@@ -160,6 +160,11 @@ def test_the_cpu_profile_uses_what_its_stored_sweeps_chose():
         assert exp.lr == c.lr, f"{c.kind}: the profile trains at {exp.lr:g}, the sweeps chose {c.lr:g}"
         if c.kind in HEADLINE_KINDS and c.epochs:
             assert exp.epochs == c.epochs, f"{c.kind}: {exp.epochs} epochs, the rule chose {c.epochs}"
+    complete = [c for c in report.rank_rates("cpu") if c.seeds >= len(cpu.sweep_seeds) and not c.at_edge]
+    assert complete, "the stored scaling sweep chose no rank's rate"
+    for c in complete:
+        rate = cpu.rank_lr.get(c.rule, {}).get(c.r)
+        assert rate == c.lr, f"{c.rule}, r = {c.r}: the profile trains at {rate}, the sweep chose {c.lr:g}"
 
 
 def test_the_scaling_table_finds_each_rules_best_rate_and_its_flat_region():
@@ -195,6 +200,54 @@ def test_the_scaling_table_finds_each_rules_best_rate_and_its_flat_region():
     assert not best["at the edge"].any()
     flat = table[(table["rule"] == "alpha = 2r") & (table["r"] == 4)].set_index("lr")["flat"]
     assert flat.to_dict() == {1e-4: False, 1e-3: True, 1e-2: True}
+    assert report.rates_for_every_rank(table)["alpha = 2r"] == [1e-3, 1e-2]
+    worse = {**runs, 1e-2: right_on(0, 200)}  # at r = 8, 1e-2 falls far behind: only 1e-3 serves every rank
+    r8 = pd.DataFrame(
+        [
+            {
+                "name": f"lora-r8-qv-e1-n20000@{lr_text(lr)}",
+                "seed": seed,
+                "validation_labels": labels,
+                "predictions": p,
+            }
+            for lr, p in worse.items()
+            for seed in (0, 1)
+        ]
+    )
+    r8["validation_accuracy"] = [
+        sum(p == y for p, y in zip(row, labels)) / len(labels) for row in r8["predictions"]
+    ]
+    kept = report.rates_for_every_rank(report.scaling_table(pd.concat([df, r8])))
+    assert kept["alpha = 2r"] == [1e-3]
+    assert kept["alpha / r, alpha = 32"] == [1e-3, 1e-2]  # its r = 4 and r = 16 only
+
+
+def test_the_rank_table_puts_the_shared_r16_run_on_both_curves():
+    rows = [
+        {
+            "experiment": label,
+            "seed": 0,
+            "validation_accuracy": acc,
+            "trainable_params": 1000,
+            "total_params": 10_000,
+            "epochs": 2,
+            "contended": False,
+            "train_seconds_per_epoch": 60.0,
+            "peak_memory_bytes": 2**30,
+            "lr": 1e-3,
+            "train_examples": 100,
+            "predictions": None,
+        }
+        for label, acc in (("full", 0.9), ("lora-r1", 0.8), ("lora-r16", 0.85), ("lora-r1-a32", 0.82))
+    ]
+    table = report.rank_table(pd.DataFrame(rows))
+    assert list(zip(table["rule"], table["r"], table.index)) == [
+        ("alpha = 2r", 1, "lora-r1"),
+        ("alpha = 2r", 16, "lora-r16"),
+        ("alpha / r, alpha = 32", 1, "lora-r1-a32"),
+        ("alpha / r, alpha = 32", 16, "lora-r16"),
+    ]  # full fine-tuning is on neither curve
+    assert table.loc["lora-r1-a32", "accuracy (%)"] == 82.0
 
 
 @pytest.mark.parametrize(

@@ -285,10 +285,22 @@ def test_a_new_suite_is_one_table_entry(monkeypatch):
     assert specs[0].experiment.lora_config(6, 0.1).target_modules == experiments.FFN
 
 
+def test_the_rank_suite_trains_each_rank_at_its_rules_rate():
+    rates = {"alpha = 2r": {1: 3e-3, 16: 1e-3}, "alpha / r, alpha = 32": {1: 1e-2}}
+    cpu = replace(PROFILES["cpu"], rank_lr=rates)
+    runs = {label: Experiment.parse(n).resolve(cpu) for label, n in suites(cpu, 6)["rank"]}
+    assert list(runs) == [f"lora-r{r}" for r in RANKS] + [f"lora-r{r}-a32" for r in RANKS if r != 16]
+    assert (runs["lora-r1"].lr, runs["lora-r1-a32"].lr, runs["lora-r16"].lr) == (3e-3, 1e-2, 1e-3)
+    assert runs["lora-r1-a32"].scaling_rule == "alpha / r"
+    assert runs["lora-r1"].alpha is None
+    assert runs["lora-r8"].lr == runs["lora-r8-a32"].lr == cpu.lr["lora"]  # no rate chosen: LoRA's
+    assert {(e.epochs, e.train_examples) for e in runs.values()} == {(cpu.epochs["lora"], None)}  # full split
+
+
 def test_suites_state_their_budget():
     cpu = PROFILES["cpu"]
     table = suites(cpu, 6)
-    assert [label for label, _ in table["rank"]] == ["lora-r1", "lora-r4", "lora-r8", "lora-r16", "lora-r32"]
+    assert [label for label, _ in table["rank-one-rate"]] == [f"lora-r{r}@1e-3" for r in RANKS]
     assert dict(table["layers"])["lora-r8-upper"] == "lora-r8-qv-upper-e1-n20000"
     assert len(table["layers"]) == 3 + 6
     rates: dict[str, list[float]] = {}

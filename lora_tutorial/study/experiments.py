@@ -65,6 +65,8 @@ SCALING_RULES = {
     "alpha / r, alpha = 32": "lora-r{r}-qv-a32",  # s = 32 / r (the LoRA paper; LoRA Without Regret)
     "alpha / sqrt(r), alpha = 8": "rslora-r{r}-qv-a8",  # s = 8 / sqrt(r) (rsLoRA)
 }  # all three give s = 2 at r = 16, so the r = 16 runs belong to each
+#: The rules whose rank curve is trained at each rank's own rate (``Profile.rank_lr``), on the full budget.
+RANK_RULES = ("alpha = 2r", "alpha / r, alpha = 32")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class Profile:
     sweep: dict[str, tuple[float, ...]] = field(default_factory=dict)  # learning rates tried, per kind
     sweep_seeds: tuple[int, ...] = (0, 1)  # the seeds a sweep and the epoch rule compare (others: ignored)
     scaling_sweep: tuple[float, ...] = ()  # learning rates tried for every scaling rule and rank
+    # per rule of RANK_RULES and rank, the rate its rank run trains at (what the scaling sweep chose);
+    # a rule or rank without one: LoRA's rate (lr["lora"])
+    rank_lr: dict[str, dict[int, float]] = field(default_factory=dict)
     weight_decay: float = 0.01  # AdamW's, on every matrix (not biases or LayerNorm weights)
     warmup_ratio: float = 0.06  # share of the steps over which the rate rises linearly, then falls to 0
     max_grad_norm: float = 1.0  # gradient clipping
@@ -151,6 +156,10 @@ PROFILES = {
             "pissa": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3),  # 3e-3 added: the best sat at the edge
         },
         scaling_sweep=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),  # one grid for every rule and rank: no rule favoured
+        rank_lr={
+            "alpha = 2r": {1: 3e-3, 4: 3e-3, 8: 3e-3, 16: 1e-3, 32: 1e-3},
+            "alpha / r, alpha = 32": {16: 1e-3},
+        },
     ),
     "gpu": Profile(
         "gpu",
@@ -419,9 +428,24 @@ ABLATIONS = {
 }
 
 
+def rank_runs(profile: Profile) -> list[tuple[str, str]]:
+    """The rank curve of each rule in ``RANK_RULES``, each rank at its own rate (``Profile.rank_lr``), as
+    ``(label, name)`` pairs: ``lora-r8`` for alpha = 2r, ``lora-r8-a32`` for alpha / r; the r = 16 run, the
+    same under both rules, once."""
+    out: dict[str, str] = {}
+    for rule in RANK_RULES:
+        for r in RANKS:
+            exp = Experiment.parse(SCALING_RULES[rule].format(r=r))
+            lr = profile.rank_lr.get(rule, {}).get(r)
+            label = f"lora-r{r}" + (f"-a{exp.alpha:g}" if exp.alpha is not None else "")
+            out.setdefault(replace(exp, lr=lr).name, label)
+    return [(label, name) for name, label in out.items()]
+
+
 def suites(profile: Profile, num_layers: int) -> dict[str, list[tuple[str, str]]]:
-    """Named groups of experiments as ``(label, name)`` pairs: headline, rank, the ablations
-    (``ABLATIONS``, on the profile's ablation budget), the learning-rate sweeps (``sweep``) and the
+    """Named groups of experiments as ``(label, name)`` pairs: headline, rank (each rank at its own rate),
+    rank-one-rate (every rank at LoRA's rate), capacity (every linear layer at r = 4 and 16), the
+    ablations (``ABLATIONS``, on the profile's ablation budget), the learning-rate sweeps (``sweep``) and the
     scaling rules' sweeps (``scaling``)."""
 
     def ab(names):
@@ -444,7 +468,9 @@ def suites(profile: Profile, num_layers: int) -> dict[str, list[tuple[str, str]]
     ]
     return {
         "headline": [(n, n) for n in ("full", "lora-r16", f"lora-r4-{ALL_LINEAR}")],
-        "rank": [(f"lora-r{r}", f"lora-r{r}") for r in RANKS],
+        "rank": rank_runs(profile),
+        "rank-one-rate": [(f"lora-r{r}@{lr_text(profile.lr['lora'])}", f"lora-r{r}") for r in RANKS],
+        "capacity": [(n, n) for n in (f"lora-r4-{ALL_LINEAR}", f"lora-r16-{ALL_LINEAR}")],
         **{name: ab(names) for name, names in ABLATIONS.items()},
         "sweep": sweep,
         "scaling": list(dict.fromkeys(scaling)),  # the r = 16 runs, shared by every rule, once

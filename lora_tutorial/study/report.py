@@ -18,6 +18,7 @@ from . import stats
 from .experiments import (
     HEADLINE_KINDS,
     PROFILES,
+    RANK_RULES,
     RANKS,
     SCALING_RULES,
     SWEEP_BASES,
@@ -171,7 +172,7 @@ def study_results(
     labels = suite_labels(profile, names)
     df = _labelled(load_results(results, profile), labels)
     if len(df) and set(require) <= set(df["experiment"]):
-        missing = sorted(set(labels.values()) - set(df["experiment"]))
+        missing = sorted(n for n, label in labels.items() if label not in set(df["experiment"]))
         if missing:
             print(
                 f"Not yet run in the {profile} profile: {', '.join(missing)}. Produce them with\n"
@@ -220,7 +221,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         }
     )
     scored = [e for e, runs in g if runs["predictions"].notna().all()]
-    out.loc[scored, ["low", "high"]] = stats.summary_table(df, scored)[["low", "high"]].to_numpy()
+    if scored:
+        out.loc[scored, ["low", "high"]] = stats.summary_table(df, scored)[["low", "high"]].to_numpy()
     return out.round(
         {
             "accuracy (%)": 2,
@@ -410,6 +412,59 @@ def scaling_sweep(profile: str = "cpu", results: str | Path | None = None) -> pd
     if not len(runs):
         return pd.DataFrame()
     return scaling_table(runs[runs["name"].isin(suite_labels(profile, ["scaling"]))])
+
+
+def rates_for_every_rank(table: pd.DataFrame) -> dict[str, list[float]]:
+    """Per rule of a :func:`scaling_table`, the rates in the flat region at every rank it swept (not
+    detectably worse than that rank's best): a rate one could keep when changing r, as far as the sweep
+    tells. Empty where no rate is."""
+    out = {}
+    for rule, g in table.groupby("rule", sort=False):
+        flat = [set(ranks.loc[ranks["flat"], "lr"]) for _, ranks in g.groupby("r")]
+        out[rule] = sorted(set.intersection(*flat))
+    return out
+
+
+def rank_table(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`summarize`'s rows for plain LoRA on query and value in every layer, one per rule of
+    ``RANK_RULES`` that the run follows and its rank (columns ``rule`` and ``r``): the r = 16 run, the same
+    under both rules, is a row of each. The index stays the run's label."""
+    table, rows = summarize(df), []
+    for name in table.index:
+        exp = Experiment.parse(name)
+        if exp.prefix != "lora" or exp.target != "qv" or exp.layers != "all":
+            continue
+        for i, rule in enumerate(RANK_RULES):
+            if Experiment.parse(SCALING_RULES[rule].format(r=exp.r)).alpha == exp.alpha:
+                rows.append((i, exp.r, name, rule))
+    out = table.loc[[name for _, _, name, _ in sorted(rows)]]
+    return out.assign(rule=[rule for *_, rule in sorted(rows)], r=[r for _, r, _, _ in sorted(rows)])
+
+
+@dataclass(frozen=True)
+class RankRate:
+    """The rate the scaling sweep chooses for one rule and rank of the rank curve (``RANK_RULES``)."""
+
+    rule: str
+    r: int
+    lr: float
+    at_edge: bool  # the best rate is the grid's first or last: widen the grid before trusting it
+    seeds: int  # the fewest seeds of any rate at this rule and rank
+
+
+def rank_rates(profile: str = "cpu", results: str | Path | None = None) -> list[RankRate]:
+    """For each rule of ``RANK_RULES`` and rank, the scaling sweep's best rate (highest mean accuracy over
+    the sweep's seeds, the rule :func:`choose` applies to every method): the rate its rank run trains at."""
+    table = scaling_sweep(profile, results)
+    if not len(table):
+        return []
+    out = []
+    for (rule, r), g in table[table["rule"].isin(RANK_RULES)].groupby(["rule", "r"], sort=False):
+        best = g[g["best"]].iloc[0]
+        out.append(
+            RankRate(rule, int(r), float(best["lr"]), bool(best["at the edge"]), int(g["seeds"].min()))
+        )
+    return out
 
 
 @dataclass(frozen=True)
