@@ -14,6 +14,7 @@ scale at the same rank are one run: ``lora-r16-qv-a32`` and ``rslora-r16-qv-a8``
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -158,7 +159,7 @@ PROFILES = {
         scaling_sweep=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),  # one grid for every rule and rank: no rule favoured
         rank_lr={
             "alpha = 2r": {1: 3e-3, 4: 3e-3, 8: 3e-3, 16: 1e-3, 32: 1e-3},
-            "alpha / r, alpha = 32": {16: 1e-3},
+            "alpha / r, alpha = 32": {1: 1e-3, 4: 1e-3, 16: 1e-3},
         },
     ),
     "gpu": Profile(
@@ -341,8 +342,7 @@ class Experiment:
     def sweep_kind(self) -> str:
         """The ``SWEEP_BASES`` key whose experiment this is (at any rate, epochs and budget), else its
         :attr:`kind`; so LoRA on every linear layer at r = 16 is tuned apart from r = 4."""
-        bases = {Experiment.parse(b).base: k for k, b in SWEEP_BASES.items()}
-        return bases.get(self.base, self.kind)
+        return _sweep_kinds(tuple(SWEEP_BASES.items())).get(self.base, self.kind)
 
     @property
     def lr_ratio_b(self) -> float:
@@ -382,6 +382,13 @@ class Experiment:
             trainable=HEAD,
             variant=self.variant,
         )
+
+
+@functools.cache
+def _sweep_kinds(bases: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """``SWEEP_BASES`` (as its items) turned around: each sweep's base name -> its kind, parsed once per
+    content of the table."""
+    return {Experiment.parse(b).base: k for k, b in bases}
 
 
 @dataclass(frozen=True)
