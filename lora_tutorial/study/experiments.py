@@ -173,7 +173,9 @@ PROFILES = {
             "full": (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
             "lora": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
             "lora-qkvo-ffn": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+            "lora-r16-qkvo-ffn": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
         },
+        scaling_sweep=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
     ),
 }
 
