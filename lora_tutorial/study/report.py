@@ -110,6 +110,8 @@ def result_rows(profile_name: str, results: str | Path | None = None, superseded
                 },
                 "experiment": labels.get(r.experiment, r.experiment),
                 "name": r.experiment,
+                # records made before the field existed: their name states the rule
+                "scaling_rule": r.config.get("scaling_rule") or Experiment.parse(r.experiment).scaling_rule,
                 "profile": r.profile,
                 "lr": hp["lr"],
                 "epochs": hp["epochs"],
