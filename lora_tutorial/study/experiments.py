@@ -23,6 +23,7 @@ from ..errors import UsageError
 from ..lora import FFN, VARIANTS, LoRAConfig
 
 HEAD = ("classifier", "pooler")  # trained by every method (the embedded model's pooler was never trained)
+#: The ranks the study compares (the reference study's).
 RANKS = (1, 4, 8, 16, 32)
 MODULE_SETS = {
     "q": ("query",),
