@@ -443,6 +443,16 @@ def rank_table(df: pd.DataFrame) -> pd.DataFrame:
     return out.assign(rule=[rule for *_, rule in sorted(rows)], r=[r for _, r, _, _ in sorted(rows)])
 
 
+def smallest_rank_not_behind(df: pd.DataFrame, curve: pd.DataFrame, reference: int = 16) -> int | None:
+    """The smallest rank of one :func:`rank_table` curve from which no rank is detectably behind
+    ``reference`` in accuracy (paired, 95 %), so that the next smaller rank is; None if a rank above the
+    reference is behind it. ``df``: the runs the curve summarizes."""
+    ref = curve.index[curve["r"] == reference][0]
+    behind = {int(r): stats.difference(df, name, ref).high < 0 for name, r in curve["r"].items()}
+    enough = [r for r in sorted(behind) if not any(behind[q] for q in behind if q >= r)]
+    return enough[0] if enough else None
+
+
 @dataclass(frozen=True)
 class RankRate:
     """The rate the scaling sweep chooses for one rule and rank of the rank curve (``RANK_RULES``)."""
