@@ -10,6 +10,7 @@ from lora_tutorial.study import report, runner, stats
 from lora_tutorial.study.experiments import (
     HEADLINE_KINDS,
     PROFILES,
+    RANKS,
     SCALING_RULES,
     SWEEP_BASES,
     Experiment,
@@ -322,3 +323,17 @@ def test_the_smallest_rank_not_behind_is_where_the_curve_stops_falling_behind():
     assert report.smallest_rank_not_behind(df, curve) == 4
     df, curve = runs({1: right_on(0, 360), 16: right_on(0, 360), 32: right_on(0, 250)})  # r = 32 behind
     assert report.smallest_rank_not_behind(df, curve) is None
+
+
+def test_the_stored_scaling_sweep_is_complete_and_peaks_inside():
+    """Every rule and rank of the study's scaling sweep: at least four rates over 1.5 decades, two seeds
+    each, and the best rate strictly inside its grid."""
+    table = report.scaling_sweep("cpu")
+    for (rule, r), g in table.groupby(["rule", "r"]):
+        assert len(g) >= 4, f"{rule}, r = {r}: {len(g)} rates"
+        assert np.log10(g["lr"].max() / g["lr"].min()) >= 1.5
+        assert (g["seeds"] >= 2).all(), f"{rule}, r = {r}: a rate with one seed"
+        assert not g["at the edge"].any(), f"{rule}, r = {r}: the best rate is at the edge: widen the grid"
+    assert {(rule, r) for rule, r in zip(table["rule"], table["r"])} == {
+        (rule, r) for rule in SCALING_RULES for r in RANKS
+    }
