@@ -145,7 +145,11 @@ def results_command(args: argparse.Namespace) -> None:
     if args.json:
         rows = [
             {k: row.get(v) for k, v in JSON_COLUMNS.items()}
-            | {"predictions": len(row["predictions"] or ""), "probabilities": len(row["probabilities"] or "")}
+            | {
+                "predictions": len(row["predictions"] or ""),
+                "probabilities": len(row["probabilities"] or ""),
+                "epochs_evaluated": len(row["history"]),  # points of the per-epoch validation curve
+            }
             for row in result_rows(args.profile, args.results, superseded=True)
         ]
         print(json.dumps(rows, indent=1))

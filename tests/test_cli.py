@@ -101,3 +101,7 @@ def test_the_studys_runs_list_as_json_with_their_predictions(capsys):
     assert {"full", "lora"} <= {r["method"] for r in runs}
     missing = [(r["experiment"], r["seed"]) for r in runs if r["current"] and r["predictions"] != 872]
     assert not missing, f"stored without predictions: {missing}"
+    lora = [r for r in runs if r["current"] and r["method"] == "lora"]
+    assert all(r["probabilities"] == 872 for r in lora), "a LoRA run lacks its probabilities: run predict"
+    assert all(r["scaling_rule"] and r["alpha"] for r in lora)
+    assert all(r["epochs_evaluated"] in (0, r["epochs"]) for r in runs)  # 0: made before curves were stored

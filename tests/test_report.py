@@ -298,3 +298,26 @@ def test_a_brief_table_says_why_a_value_is_missing():
     assert "not every run of that setting stores its predictions" in html
     assert "nan" not in html.lower()
     assert not report.brief(table, "accuracy (%)").notes()
+
+
+def test_the_smallest_rank_not_behind_is_where_the_curve_stops_falling_behind():
+    labels = "".join(np.random.default_rng(1).choice(["0", "1"], 400))
+
+    def right_on(first: int, last: int) -> str:
+        return "".join(y if first <= i < last else str(1 - int(y)) for i, y in enumerate(labels))
+
+    def runs(right: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        df = pd.DataFrame(
+            [
+                {"experiment": f"lora-r{r}", "seed": seed, "validation_labels": labels, "predictions": p}
+                for r, p in right.items()
+                for seed in (0, 1)
+            ]
+        )
+        return df, pd.DataFrame({"r": list(right)}, index=[f"lora-r{r}" for r in right])
+
+    # r = 1 far behind, r = 4 two sentences behind r = 16 (not detectably), r = 32 as r = 16
+    df, curve = runs({1: right_on(0, 280), 4: right_on(2, 360), 16: right_on(0, 360), 32: right_on(0, 360)})
+    assert report.smallest_rank_not_behind(df, curve) == 4
+    df, curve = runs({1: right_on(0, 360), 16: right_on(0, 360), 32: right_on(0, 250)})  # r = 32 behind
+    assert report.smallest_rank_not_behind(df, curve) is None

@@ -23,6 +23,7 @@ from ..errors import UsageError
 from ..lora import FFN, VARIANTS, LoRAConfig
 
 HEAD = ("classifier", "pooler")  # trained by every method (the embedded model's pooler was never trained)
+#: The ranks the study compares (the reference study's).
 RANKS = (1, 4, 8, 16, 32)
 MODULE_SETS = {
     "q": ("query",),
@@ -159,7 +160,7 @@ PROFILES = {
         scaling_sweep=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),  # one grid for every rule and rank: no rule favoured
         rank_lr={
             "alpha = 2r": {1: 3e-3, 4: 3e-3, 8: 3e-3, 16: 1e-3, 32: 1e-3},
-            "alpha / r, alpha = 32": {1: 1e-3, 4: 1e-3, 16: 1e-3},
+            "alpha / r, alpha = 32": {1: 1e-3, 4: 1e-3, 8: 1e-3, 16: 1e-3, 32: 3e-3},
         },
     ),
     "gpu": Profile(

@@ -108,6 +108,8 @@ def result_rows(profile_name: str, results: str | Path | None = None, superseded
                 },
                 "experiment": labels.get(r.experiment, r.experiment),
                 "name": r.experiment,
+                # records made before the field existed: their name states the rule
+                "scaling_rule": r.config.get("scaling_rule") or Experiment.parse(r.experiment).scaling_rule,
                 "profile": r.profile,
                 "lr": hp["lr"],
                 "epochs": hp["epochs"],
@@ -437,6 +439,16 @@ def rank_table(df: pd.DataFrame) -> pd.DataFrame:
                 rows.append((i, exp.r, name, rule))
     out = table.loc[[name for _, _, name, _ in sorted(rows)]]
     return out.assign(rule=[rule for *_, rule in sorted(rows)], r=[r for _, r, _, _ in sorted(rows)])
+
+
+def smallest_rank_not_behind(df: pd.DataFrame, curve: pd.DataFrame, reference: int = 16) -> int | None:
+    """The smallest rank of one :func:`rank_table` curve from which no rank is detectably behind
+    ``reference`` in accuracy (paired, 95 %), so that the next smaller rank is; None if a rank above the
+    reference is behind it. ``df``: the runs the curve summarizes."""
+    ref = curve.index[curve["r"] == reference][0]
+    behind = {int(r): stats.difference(df, name, ref).high < 0 for name, r in curve["r"].items()}
+    enough = [r for r in sorted(behind) if not any(behind[q] for q in behind if q >= r)]
+    return enough[0] if enough else None
 
 
 @dataclass(frozen=True)
