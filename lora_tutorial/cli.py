@@ -179,11 +179,8 @@ def choose_command(args: argparse.Namespace) -> None:
             "--experiments sweep --seeds 0 1"
         )
     for c in choices:
-        seen = ", ".join(f"{counted(e, 'epoch')}: {a:.2f} %" for e, a in c.accuracy.items())
         edge = " (at the edge of the sweep: widen it)" if c.at_edge else ""
-        print(f"{c.kind}: lr {c.lr:g}{edge}; {seen}; epochs: {c.epochs or 'not yet decided'}")
-        if c.to_run:
-            print(f"  still to run, on the sweep's seeds: {' '.join(c.to_run)}")
+        print(f"{c.kind}: lr {c.lr:g}{edge}; {c.accuracy:.2f} % over {counted(c.seeds, 'seed')}")
     for c in rank_rates(args.profile, args.results):
         notes = [
             n

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -16,14 +16,12 @@ from ..models import layer_count
 from ..plotting import book_style
 from . import stats
 from .experiments import (
-    HEADLINE_KINDS,
     PROFILES,
     RANK_RULES,
     RANKS,
     SCALING_RULES,
     SWEEP_BASES,
     Experiment,
-    ablation,
     lr_text,
     suites,
 )
@@ -310,7 +308,7 @@ def brief(table: pd.DataFrame, *columns: str) -> Brief:
 
 
 def _compared_runs(profile: str, results: str | Path | None) -> pd.DataFrame:
-    """The stored runs the sweeps and the epoch rule compare: current, with predictions, on the profile's
+    """The stored runs the sweeps compare: current, with predictions, on the profile's
     sweep seeds (a run of the same setting with another seed, made for a suite, does not tip a comparison)."""
     df = load_results(results, profile)
     if not len(df):
@@ -510,43 +508,24 @@ def peak_contrasts(profile: str = "cpu", results: str | Path | None = None) -> l
 
 @dataclass(frozen=True)
 class Choice:
-    """What the sweep chooses for one kind of experiment: its best rate, and then 1 or 2 epochs."""
+    """What the sweep chooses for one kind of experiment: its best rate."""
 
     kind: str
     lr: float
-    at_edge: bool
-    epochs: int | None  # None until both epoch counts have runs on every sweep seed
-    accuracy: dict[int, float]  # epochs -> mean validation accuracy (%) at that rate
-    to_run: tuple[str, ...]  # what the rule still needs (names, on the sweep's seeds)
+    at_edge: bool  # the best rate is the sweep's first or last: widen the sweep before trusting it
+    accuracy: float  # mean validation accuracy (%) at that rate over the sweep's seeds
+    seeds: int
 
 
 def choose(profile: str = "cpu", results: str | Path | None = None) -> list[Choice]:
     """The one rule every method is tuned by: on the tuning subset, the learning rate with the highest
-    mean accuracy over the sweep's seeds (a rate at the edge of the sweep is flagged: widen it); then, for
-    the headline's methods (which train on the full split), 2 epochs instead of 1 at that rate only if their
-    mean accuracy over the same seeds is higher. The variants keep the ablation budget's epochs."""
-    prof, df = PROFILES[profile], _compared_runs(profile, results)
+    mean accuracy over the sweep's seeds (a rate at the edge of the sweep is flagged: widen it). Epochs are
+    not chosen: the headline's methods all train the profile's same number (see ``Profile.epochs``)."""
+    df = _compared_runs(profile, results)
     table = _sweep_table(_swept(df, profile))
     if not len(table):
         return []
-    out = []
-    for kind, best in best_rates(table).iterrows():
-        if kind not in HEADLINE_KINDS:
-            accuracy = {prof.ablation_epochs: best["accuracy (%)"]}
-            out.append(
-                Choice(kind, best["best lr"], bool(best["at the edge"]), prof.ablation_epochs, accuracy, ())
-            )
-            continue
-        base = Experiment.parse(ablation(prof, SWEEP_BASES[kind]))
-        seeds = int(best["seeds"])
-        accuracy, to_run = {}, []
-        for epochs in (1, 2):
-            name = replace(base, lr=best["best lr"], epochs=epochs).name
-            runs = df[df["name"] == name]
-            if len(runs) >= seeds:
-                accuracy[epochs] = 100 * runs["validation_accuracy"].mean()
-            else:
-                to_run.append(name)
-        epochs = (2 if accuracy[2] > accuracy[1] else 1) if len(accuracy) == 2 else None
-        out.append(Choice(kind, best["best lr"], bool(best["at the edge"]), epochs, accuracy, tuple(to_run)))
-    return out
+    return [
+        Choice(kind, best["best lr"], bool(best["at the edge"]), best["accuracy (%)"], int(best["seeds"]))
+        for kind, best in best_rates(table).iterrows()
+    ]
