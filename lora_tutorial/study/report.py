@@ -49,6 +49,12 @@ def setup_chapter() -> str:
 
 
 VARIANT_LABELS = {"lora": "LoRA", "rslora": "rsLoRA", "dora": "DoRA", "loraplus": "LoRA+", "pissa": "PiSSA"}
+#: A reader's label for each scaling rule of ``SCALING_RULES``.
+RULE_LABELS = {
+    "alpha = 2r": "α = 2r",
+    "alpha / r, alpha = 32": "α/r, α = 32",
+    "alpha / sqrt(r), alpha = 8": "α/√r, α = 8",
+}
 TARGET_LABELS = {
     "q": "query",
     "v": "value",
