@@ -137,6 +137,7 @@ PROFILES = {
             "full": 1e-4,
             "lora": 1e-3,
             "lora-qkvo-ffn": 1e-3,
+            "lora-r16-qkvo-ffn": 1e-3,  # its own sweep's choice (the same rate as r = 4's)
             "rslora": 1e-3,
             "dora": 1e-3,
             "loraplus": 3e-4,
