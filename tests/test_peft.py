@@ -88,6 +88,7 @@ def test_peft_adapter_loads_in_ours(tiny, batch, tmp_path, cfg):
 STORED = {  # one stored adapter of each kind the study trains
     "q-v-r16": lambda e: e.kind == "lora" and e.r == 16 and e.alpha is None,
     "all-linear-r4": lambda e: e.kind == "lora-qkvo-ffn" and e.r == 4,
+    "all-linear-r16": lambda e: e.kind == "lora-qkvo-ffn" and e.r == 16,
     "alpha-over-r": lambda e: e.scaling_rule == "alpha / r" and e.r != 16,
     "rslora-alpha-8": lambda e: e.scaling_rule == "alpha / sqrt(r)" and e.r != 16,
     "dora": lambda e: e.variant == "dora",
