@@ -49,7 +49,9 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--profile", default="cpu", help=PROFILE_HELP)
     pred.add_argument("--results", default=None)
     pred.add_argument("--data", default=None, help=DATA_HELP)
-    pick = sub.add_parser("choose", help="the learning rate the stored sweeps choose, per method and per rank")
+    pick = sub.add_parser(
+        "choose", help="the learning rate the stored sweeps choose, per method and per rank"
+    )
     pick.add_argument("--profile", default="cpu", help=PROFILE_HELP)
     pick.add_argument("--results", default=None)
     sub.add_parser("profiles", help="print every profile's settings")

@@ -324,6 +324,20 @@ def test_the_smallest_rank_not_behind_is_where_the_curve_stops_falling_behind():
     assert report.smallest_rank_not_behind(df, curve) is None
 
 
+def test_the_rank_advice_says_what_each_rule_and_curve_showed():
+    both = {"alpha = 2r": [1e-3], "alpha / r, alpha = 32": [1e-3, 3e-3]}
+    text = report.rank_advice(both, {"alpha = 2r": 1, "alpha / r, alpha = 32": 1})
+    assert "under either rule one rate (α = 2r: 1e-3; α/r, α = 32: 1e-3 or 3e-3)" in text
+    assert text.count("no rank was detectably behind r = 16") == 2
+    text = report.rank_advice({**both, "alpha = 2r": []}, {"alpha = 2r": 8, "alpha / r, alpha = 32": None})
+    assert "retune it under α = 2r" in text and "keep the rate" in text
+    assert "α = 2r: r = 4 was detectably behind r = 16, no rank from r = 8 up was" in text
+    assert "α/r, α = 32: a rank above r = 16 was detectably behind it" in text
+    text = report.rank_advice({}, {"alpha = 2r": 1, "alpha / r, alpha = 32": 4})
+    assert "under neither rule did one rate serve every rank" in text
+    assert "r = 1 was detectably behind r = 16, no rank from r = 4 up was" in text
+
+
 def test_the_stored_scaling_sweep_is_complete_and_peaks_inside():
     """Every rule and rank of the study's scaling sweep: at least four rates over 1.5 decades, two seeds
     each, and the best rate strictly inside its grid."""

@@ -457,6 +457,39 @@ def smallest_rank_not_behind(df: pd.DataFrame, curve: pd.DataFrame, reference: i
     return enough[0] if enough else None
 
 
+def rank_advice(shared: dict[str, list[float]], smallest: dict[str, int | None], reference: int = 16) -> str:
+    """What to do when changing r, in words, for each rule of ``RANK_RULES``: ``shared``, the rates within
+    every rank's flat region of the scaling sweep (:func:`rates_for_every_rank`); ``smallest``, the smallest
+    rank of the rule's tuned curve not detectably behind ``reference`` (:func:`smallest_rank_not_behind`)."""
+    kept = {RULE_LABELS[rule]: shared.get(rule, []) for rule in RANK_RULES}
+    which = "; ".join(f"{rule}: {' or '.join(map(lr_text, rates))}" for rule, rates in kept.items() if rates)
+    if all(kept.values()):
+        rate = (
+            f"under either rule one rate ({which}) was not detectably worse than each rank's own best in the "
+            "sweep, so retuning the rate for each rank gained nothing the sweep could detect"
+        )
+    elif any(kept.values()):
+        lost = " and ".join(rule for rule, rates in kept.items() if not rates)
+        rate = f"keep the rate under the rule where one served every rank ({which}); retune it under {lost}"
+    else:
+        rate = "retune the rate for each rank: under neither rule did one rate serve every rank"
+
+    def capacity(rule: str) -> str:
+        found = smallest[rule]
+        if found is None:
+            return f"{RULE_LABELS[rule]}: a rank above r = {reference} was detectably behind it"
+        if found == min(RANKS):
+            return f"{RULE_LABELS[rule]}: no rank was detectably behind r = {reference}"
+        below = max(r for r in RANKS if r < found)
+        return (
+            f"{RULE_LABELS[rule]}: r = {below} was detectably behind r = {reference}, "
+            f"no rank from r = {found} up was"
+        )
+
+    ranks = "; ".join(capacity(rule) for rule in RANK_RULES)
+    return f"When you change r, {rate}. Each rank at its own rate, in accuracy ({ranks})."
+
+
 @dataclass(frozen=True)
 class RankRate:
     """The rate the scaling sweep chooses for one rule and rank of the rank curve (``RANK_RULES``)."""
