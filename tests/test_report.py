@@ -324,13 +324,22 @@ def test_the_smallest_rank_not_behind_is_where_the_curve_stops_falling_behind():
     assert report.smallest_rank_not_behind(df, curve) is None
 
 
+def test_the_seeds_note_names_each_method_short_of_seeds():
+    assert report.seeds_note({"full": 5, "lora-r16": 3}) == ""
+    note = report.seeds_note({"full": 5, "lora-r16-qkvo-ffn": 1, "lora-r4": 2})
+    assert note.startswith("Still training: LoRA r = 16, every linear layer has 1 seed so far, LoRA r = 4")
+    assert "provisional" in note
+    assert "full fine-tuning" not in note
+
+
 def test_the_rank_advice_says_what_each_rule_and_curve_showed():
     both = {"alpha = 2r": [1e-3], "alpha / r, alpha = 32": [1e-3, 3e-3]}
     text = report.rank_advice(both, {"alpha = 2r": 1, "alpha / r, alpha = 32": 1})
     assert "under either rule one rate (α = 2r: 1e-3; α/r, α = 32: 1e-3 or 3e-3)" in text
     assert text.count("no rank was detectably behind r = 16") == 2
     text = report.rank_advice({**both, "alpha = 2r": []}, {"alpha = 2r": 8, "alpha / r, alpha = 32": None})
-    assert "retune it under α = 2r" in text and "keep the rate" in text
+    assert "retune it under α = 2r" in text
+    assert "keep the rate" in text
     assert "α = 2r: r = 4 was detectably behind r = 16, no rank from r = 8 up was" in text
     assert "α/r, α = 32: a rank above r = 16 was detectably behind it" in text
     text = report.rank_advice({}, {"alpha = 2r": 1, "alpha / r, alpha = 32": 4})

@@ -82,6 +82,21 @@ def label(name: str) -> str:
     return ", ".join(parts)
 
 
+def seeds_note(seeds: dict[str, int], wanted: int = 3) -> str:
+    """A note naming each experiment (label: its seeds so far) with fewer than ``wanted`` seeds, saying
+    that sentences resting on them are provisional; empty when every one has enough."""
+    few = {label(name): k for name, k in seeds.items() if k < wanted}
+    if not few:
+        return ""
+    return (
+        "Still training: "
+        + ", ".join(f"{name} has {counted(k, 'seed')} so far" for name, k in few.items())
+        + ". An interval can only resample the seeds a method has, so with fewer than "
+        f"{wanted} it leaves out most of that method's seed-to-seed spread, and these sentences are "
+        f"provisional until the rest are in."
+    )
+
+
 def suite_labels(profile: str, names: list[str]) -> dict[str, str]:
     """The runs of some suites of a profile: ``{resolved experiment name: the label the suite gives it}``."""
     prof = PROFILES[profile]
