@@ -335,11 +335,14 @@ def test_the_seeds_note_names_each_method_short_of_seeds():
 def test_the_rank_advice_says_what_each_rule_and_curve_showed():
     both = {"alpha = 2r": [1e-3], "alpha / r, alpha = 32": [1e-3, 3e-3]}
     text = report.rank_advice(both, {"alpha = 2r": 1, "alpha / r, alpha = 32": 1})
-    assert "under either rule one rate (α = 2r: 1e-3; α/r, α = 32: 1e-3 or 3e-3)" in text
+    assert text.startswith(
+        "When you change r, you can keep the learning rate: under either rule one rate (α = 2r: 1e-3; "
+        "α/r, α = 32: 1e-3 or 3e-3)"
+    )
     assert text.count("no rank was detectably behind r = 16") == 2
     text = report.rank_advice({**both, "alpha = 2r": []}, {"alpha = 2r": 8, "alpha / r, alpha = 32": None})
     assert "retune it under α = 2r" in text
-    assert "keep the rate" in text
+    assert "keep the learning rate under the rule where one served every rank (α/r, α = 32" in text
     assert "α = 2r: r = 4 was detectably behind r = 16, no rank from r = 8 up was" in text
     assert "α/r, α = 32: a rank above r = 16 was detectably behind it" in text
     text = report.rank_advice({}, {"alpha = 2r": 1, "alpha / r, alpha = 32": 4})

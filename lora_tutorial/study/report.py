@@ -480,14 +480,17 @@ def rank_advice(shared: dict[str, list[float]], smallest: dict[str, int | None],
     which = "; ".join(f"{rule}: {' or '.join(map(lr_text, rates))}" for rule, rates in kept.items() if rates)
     if all(kept.values()):
         rate = (
-            f"under either rule one rate ({which}) was not detectably worse than each rank's own best in the "
-            "sweep, so retuning the rate for each rank gained nothing the sweep could detect"
+            f"you can keep the learning rate: under either rule one rate ({which}) was not detectably worse "
+            "than each rank's own best in the sweep"
         )
     elif any(kept.values()):
         lost = " and ".join(rule for rule, rates in kept.items() if not rates)
-        rate = f"keep the rate under the rule where one served every rank ({which}); retune it under {lost}"
+        rate = (
+            f"keep the learning rate under the rule where one served every rank ({which}); retune it under "
+        )
+        rate += lost
     else:
-        rate = "retune the rate for each rank: under neither rule did one rate serve every rank"
+        rate = "retune the learning rate for each rank: under neither rule did one rate serve every rank"
 
     def capacity(rule: str) -> str:
         found = smallest[rule]
