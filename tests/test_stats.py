@@ -105,6 +105,10 @@ def test_a_real_difference_is_detected_and_its_sign_kept():
     i = stats.bootstrap(a, b)
     assert i.low > 0
     assert stats.bootstrap(b, a).high < 0
+    back = -i  # the same difference quoted the other way: mirrored bounds, one bootstrap
+    assert (back.mean, back.low, back.high) == (-i.mean, -i.high, -i.low)
+    assert back.high < 0
+    assert stats.verdict(back, "B", "A").startswith("B is behind A by")
 
 
 def test_no_difference_gives_an_interval_containing_zero():

@@ -56,6 +56,11 @@ class Interval:
         mean = f"{self.mean:+.{self.digits}f}" if round(self.mean, self.digits) else f"{0:.{self.digits}f}"
         return f"{mean} {self.unit}, {self.bounds}"
 
+    def __neg__(self) -> Interval:
+        """The same difference the other way round (``b - a`` from ``a - b``): one bootstrap, quoted both
+        ways, gives the same bounds."""
+        return replace(self, mean=-self.mean, low=-self.high, high=-self.low)
+
     def __str__(self) -> str:
         d = self.digits
         return f"{self.mean:.{d}f} ({self.percent} interval {self.low:.{d}f} to {self.high:.{d}f})"
