@@ -100,9 +100,10 @@ STORED = {  # one stored adapter of each kind the study trains
 @pytest.mark.parametrize("kind", list(STORED))
 def test_the_studys_stored_adapters_load_in_peft(minilm, batch, kind):
     """The study's adapters, as stored in results/cpu, load in peft.PeftModel on the embedded model: of
-    each kind, one that the book's suites use where there is one (the full split), else a sweep's."""
+    each kind, one trained on the full split where there is one, else one of a sweep's."""
     runs = load_results(None, "cpu")
-    runs = runs[runs["current"] & runs["adapter"].notna()].sort_values("used", ascending=False, kind="stable")
+    runs = runs[runs["current"] & runs["adapter"].notna()]
+    runs = runs.sort_values("train_examples", ascending=False, kind="stable")
     paths = [a for n, a in zip(runs["name"], runs["adapter"]) if STORED[kind](Experiment.parse(n))]
     assert paths, f"no stored {kind} adapter in results/cpu"
     theirs = PeftModel.from_pretrained(copy.deepcopy(minilm), paths[0]).eval()
