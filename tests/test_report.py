@@ -350,6 +350,19 @@ def test_the_rank_advice_says_what_each_rule_and_curve_showed():
     assert "r = 1 was detectably behind r = 16, no rank from r = 4 up was" in text
 
 
+@pytest.mark.parametrize(("suite", "seeds"), [("headline", 5), ("capacity", 3)])
+def test_the_stored_headline_and_capacity_runs_are_complete(suite, seeds):
+    """Every method of the study's headline and capacity suites: its seeds, all at the same epochs, each
+    run with 872 predictions and probabilities and its validation curve after every epoch."""
+    df, profile = report.study_results([suite], "cpu")
+    assert profile == "cpu"
+    for label, runs in df.groupby("experiment"):
+        assert len(runs) >= seeds, f"{label}: {len(runs)} seeds"
+        assert all(len(p) == 872 for p in runs["probabilities"]), f"{label}: a run lacks probabilities"
+        assert all(len(h) == e for h, e in zip(runs["history"], runs["epochs"])), f"{label}: no curve"
+    assert df["epochs"].nunique() == 1
+
+
 def test_the_stored_scaling_sweep_is_complete_and_peaks_inside():
     """Every rule and rank of the study's scaling sweep: at least four rates over 1.5 decades, two seeds
     each, and the best rate strictly inside its grid."""
