@@ -93,7 +93,7 @@ def seeds_note(seeds: dict[str, int], wanted: int = 3) -> str:
         + ", ".join(f"{name} has {counted(k, 'seed')} so far" for name, k in few.items())
         + ". An interval can only resample the seeds a method has, so with fewer than "
         f"{wanted} it leaves out most of that method's seed-to-seed spread, and these sentences are "
-        f"provisional until the rest are in."
+        "provisional until the rest are in."
     )
 
 
@@ -485,10 +485,8 @@ def rank_advice(shared: dict[str, list[float]], smallest: dict[str, int | None],
         )
     elif any(kept.values()):
         lost = " and ".join(rule for rule, rates in kept.items() if not rates)
-        rate = (
-            f"keep the learning rate under the rule where one served every rank ({which}); retune it under "
-        )
-        rate += lost
+        served = f"the rule where one served every rank ({which})"
+        rate = f"keep the learning rate under {served}; retune it under {lost}"
     else:
         rate = "retune the learning rate for each rank: under neither rule did one rate serve every rank"
 
