@@ -340,14 +340,16 @@ def test_the_rank_advice_says_what_each_rule_and_curve_showed():
         "α/r, α = 32: 1e-3 or 3e-3)"
     )
     assert text.count("no rank was detectably behind r = 16") == 2
+    assert text.endswith("Under either rule, even r = 1 was not detectably behind r = 16 here.")
     text = report.rank_advice({**both, "alpha = 2r": []}, {"alpha = 2r": 8, "alpha / r, alpha = 32": None})
     assert "retune it under α = 2r" in text
     assert "keep the learning rate under the rule where one served every rank (α/r, α = 32" in text
-    assert "α = 2r: r = 4 was detectably behind r = 16, no rank from r = 8 up was" in text
-    assert "α/r, α = 32: a rank above r = 16 was detectably behind it" in text
+    assert "under α = 2r, r = 4 was detectably behind r = 16 and no rank from r = 8 up was" in text
+    assert text.endswith("under α/r, α = 32, a rank above r = 16 was detectably behind it.")
     text = report.rank_advice({}, {"alpha = 2r": 1, "alpha / r, alpha = 32": 4})
     assert "under neither rule did one rate serve every rank" in text
-    assert "r = 1 was detectably behind r = 16, no rank from r = 4 up was" in text
+    assert "under α/r, α = 32, r = 1 was detectably behind r = 16 and no rank from r = 4 up was" in text
+    assert text.endswith("start from r = 4 under either rule; a smaller rank needs a comparison of its own.")
 
 
 @pytest.mark.parametrize(("suite", "seeds"), [("headline", 5), ("capacity", 3)])

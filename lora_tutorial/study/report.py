@@ -493,17 +493,27 @@ def rank_advice(shared: dict[str, list[float]], smallest: dict[str, int | None],
     def capacity(rule: str) -> str:
         found = smallest[rule]
         if found is None:
-            return f"{RULE_LABELS[rule]}: a rank above r = {reference} was detectably behind it"
+            return f"under {RULE_LABELS[rule]}, a rank above r = {reference} was detectably behind it"
         if found == min(RANKS):
-            return f"{RULE_LABELS[rule]}: no rank was detectably behind r = {reference}"
+            return f"under {RULE_LABELS[rule]}, no rank was detectably behind r = {reference}"
         below = max(r for r in RANKS if r < found)
         return (
-            f"{RULE_LABELS[rule]}: r = {below} was detectably behind r = {reference}, "
-            f"no rank from r = {found} up was"
+            f"under {RULE_LABELS[rule]}, r = {below} was detectably behind r = {reference} "
+            f"and no rank from r = {found} up was"
         )
 
     ranks = "; ".join(capacity(rule) for rule in RANK_RULES)
-    return f"When you change r, {rate}. Each rank at its own rate, in accuracy ({ranks})."
+    text = f"When you change r, {rate}. Each rank at its own rate, in accuracy: {ranks}."
+    founds = [smallest[rule] for rule in RANK_RULES]
+    if None in founds:
+        return text
+    start = max(founds)
+    if start == min(RANKS):
+        return text + f" Under either rule, even r = {start} was not detectably behind r = {reference} here."
+    return text + (
+        f" So on a model like this one, start from r = {start} under either rule; a smaller rank needs a "
+        "comparison of its own."
+    )
 
 
 @dataclass(frozen=True)
