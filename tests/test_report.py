@@ -350,14 +350,34 @@ def test_the_rank_advice_says_what_each_rule_and_curve_showed():
     assert "under neither rule did one rate serve every rank" in text
     assert "under α/r, α = 32, r = 1 was detectably behind r = 16 and no rank from r = 4 up was" in text
     assert text.endswith("start from r = 4 under either rule; a smaller rank needs a comparison of its own.")
+    assert "On the full budget" not in text  # no rank retuned: nothing to say of it
 
 
-@pytest.mark.parametrize(("suite", "seeds"), [("headline", 5), ("capacity", 3)])
-def test_the_stored_headline_and_capacity_runs_are_complete(suite, seeds):
-    """Every method of the study's headline and capacity suites: its seeds, all at the same epochs, each
-    run with 872 predictions and probabilities and its validation curve after every epoch."""
+def test_the_rank_advice_says_whether_retuning_paid_off_on_the_full_budget():
+    def advice(*intervals):
+        retuned = {
+            "alpha = 2r": dict(zip((1, 4), intervals[:2])),
+            "alpha / r, alpha = 32": {32: intervals[2]},
+        }
+        return report.rank_advice({}, {"alpha = 2r": 1, "alpha / r, alpha = 32": None}, retuned)
+
+    zero, low, high = stats.Interval(0.1, -1, 1), stats.Interval(-6, -8, -4), stats.Interval(2, 0.5, 3.5)
+    text = advice(zero, zero, zero)
+    assert "On the full budget, no rank's own rate was detectably better or worse than the one rate." in text
+    text = advice(zero, high, low)
+    assert "the own rate of r = 32 under α/r, α = 32 was detectably behind the one rate" in text
+    assert "the own rate of r = 4 under α = 2r was detectably ahead of the one rate." in text
+    assert text.index("On the full budget") < text.index("Each rank at its own rate")
+    assert "detectably behind the one rate" not in advice(stats.Interval(-1, -2, 0), zero, zero)  # touches 0
+
+
+@pytest.mark.parametrize(("suite", "seeds"), [("headline", 5), ("capacity", 3), ("rank", 3)])
+def test_the_stored_headline_capacity_and_rank_runs_are_complete(suite, seeds):
+    """Every method of the study's headline, capacity and rank suites: its seeds, all at the same epochs,
+    each run with 872 predictions and probabilities and its validation curve after every epoch."""
     df, profile = report.study_results([suite], "cpu")
     assert profile == "cpu"
+    assert set(df["experiment"]) == set(report.suite_labels("cpu", [suite]).values())
     for label, runs in df.groupby("experiment"):
         assert len(runs) >= seeds, f"{label}: {len(runs)} seeds"
         assert all(len(p) == 872 for p in runs["probabilities"]), f"{label}: a run lacks probabilities"

@@ -300,7 +300,10 @@ def test_the_rank_suite_trains_each_rank_at_its_rules_rate():
 def test_suites_state_their_budget():
     cpu = PROFILES["cpu"]
     table = suites(cpu, 6)
-    assert [label for label, _ in table["rank-one-rate"]] == [f"lora-r{r}@1e-3" for r in RANKS]
+    assert [label for label, _ in table["rank-one-rate"]] == [f"lora-r{r}@1e-3" for r in RANKS] + [
+        f"lora-r{r}-a32@1e-3" for r in RANKS if r != 16
+    ]
+    assert {Experiment.parse(n).resolve(cpu).lr for _, n in table["rank-one-rate"]} == {cpu.lr["lora"]}
     assert dict(table["layers"])["lora-r8-upper"] == "lora-r8-qv-upper-e1-n20000"
     assert len(table["layers"]) == 3 + 6
     rates: dict[str, list[float]] = {}

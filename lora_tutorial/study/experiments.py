@@ -439,25 +439,28 @@ ABLATIONS = {
 }
 
 
-def rank_runs(profile: Profile) -> list[tuple[str, str]]:
+def rank_runs(profile: Profile, one_rate: bool = False) -> list[tuple[str, str]]:
     """The rank curve of each rule in ``RANK_RULES``, each rank at its own rate (``Profile.rank_lr``), as
     ``(label, name)`` pairs: ``lora-r8`` for alpha = 2r, ``lora-r8-a32`` for alpha / r; the r = 16 run, the
-    same under both rules, once."""
+    same under both rules, once. ``one_rate``: every rank at LoRA's one rate instead (``lora-r8@1e-3``), the
+    runs that say what retuning each rank changed."""
     out: dict[str, str] = {}
     for rule in RANK_RULES:
         for r in RANKS:
             exp = Experiment.parse(SCALING_RULES[rule].format(r=r))
-            lr = profile.rank_lr.get(rule, {}).get(r)
+            lr = None if one_rate else profile.rank_lr.get(rule, {}).get(r)
             label = f"lora-r{r}" + (f"-a{exp.alpha:g}" if exp.alpha is not None else "")
-            out.setdefault(replace(exp, lr=lr).name, label)
+            out.setdefault(
+                replace(exp, lr=lr).name, label + (f"@{lr_text(profile.lr['lora'])}" if one_rate else "")
+            )
     return [(label, name) for name, label in out.items()]
 
 
 def suites(profile: Profile, num_layers: int) -> dict[str, list[tuple[str, str]]]:
     """Named groups of experiments as ``(label, name)`` pairs: headline, rank (each rank at its own rate),
-    rank-one-rate (every rank at LoRA's rate), capacity (every linear layer at r = 4 and 16), the
-    ablations (``ABLATIONS``, on the profile's ablation budget), the learning-rate sweeps (``sweep``) and the
-    scaling rules' sweeps (``scaling``)."""
+    rank-one-rate (every rank at LoRA's rate, for each rule of ``RANK_RULES``), capacity (every linear
+    layer at r = 4 and 16), the ablations (``ABLATIONS``, on the profile's ablation budget), the
+    learning-rate sweeps (``sweep``) and the scaling rules' sweeps (``scaling``)."""
 
     def ab(names):
         each = [n.format(i=i) for n in names for i in (range(num_layers) if "{i}" in n else [None])]
@@ -480,7 +483,7 @@ def suites(profile: Profile, num_layers: int) -> dict[str, list[tuple[str, str]]
     return {
         "headline": [(n, n) for n in ("full", "lora-r16", f"lora-r4-{ALL_LINEAR}")],
         "rank": rank_runs(profile),
-        "rank-one-rate": [(f"lora-r{r}@{lr_text(profile.lr['lora'])}", f"lora-r{r}") for r in RANKS],
+        "rank-one-rate": rank_runs(profile, one_rate=True),
         "capacity": [(n, n) for n in (f"lora-r4-{ALL_LINEAR}", f"lora-r16-{ALL_LINEAR}")],
         **{name: ab(names) for name, names in ABLATIONS.items()},
         "sweep": sweep,

@@ -472,10 +472,17 @@ def smallest_rank_not_behind(df: pd.DataFrame, curve: pd.DataFrame, reference: i
     return enough[0] if enough else None
 
 
-def rank_advice(shared: dict[str, list[float]], smallest: dict[str, int | None], reference: int = 16) -> str:
+def rank_advice(
+    shared: dict[str, list[float]],
+    smallest: dict[str, int | None],
+    retuned: dict[str, dict[int, stats.Interval]] | None = None,
+    reference: int = 16,
+) -> str:
     """What to do when changing r, in words, for each rule of ``RANK_RULES``: ``shared``, the rates within
     every rank's flat region of the scaling sweep (:func:`rates_for_every_rank`); ``smallest``, the smallest
-    rank of the rule's tuned curve not detectably behind ``reference`` (:func:`smallest_rank_not_behind`)."""
+    rank of the rule's tuned curve not detectably behind ``reference`` (:func:`smallest_rank_not_behind`);
+    ``retuned``, per rule and rank whose own rate is not the one rate, its accuracy at its own rate minus
+    at the one rate on the full budget (:func:`stats.difference`)."""
     kept = {RULE_LABELS[rule]: shared.get(rule, []) for rule in RANK_RULES}
     which = "; ".join(f"{rule}: {' or '.join(map(lr_text, rates))}" for rule, rates in kept.items() if rates)
     if all(kept.values()):
@@ -503,7 +510,8 @@ def rank_advice(shared: dict[str, list[float]], smallest: dict[str, int | None],
         )
 
     ranks = "; ".join(capacity(rule) for rule in RANK_RULES)
-    text = f"When you change r, {rate}. Each rank at its own rate, in accuracy: {ranks}."
+    paid = _retuned_advice(retuned or {})
+    text = f"When you change r, {rate}.{paid} Each rank at its own rate, in accuracy: {ranks}."
     founds = [smallest[rule] for rule in RANK_RULES]
     if None in founds:
         return text
@@ -514,6 +522,33 @@ def rank_advice(shared: dict[str, list[float]], smallest: dict[str, int | None],
         f" So on a model like this one, start from r = {start} under either rule; a smaller rank needs a "
         "comparison of its own."
     )
+
+
+def _retuned_advice(retuned: dict[str, dict[int, stats.Interval]]) -> str:
+    """A sentence on whether the rates the short budget chose paid off on the full one, or ''."""
+    if not any(retuned.values()):
+        return ""
+
+    def where(keep) -> str:
+        return " and ".join(
+            f"r = {r} under {RULE_LABELS[rule]}"
+            for rule, d in retuned.items()
+            for r, i in d.items()
+            if keep(i)
+        )
+
+    behind, ahead = where(lambda i: i.high < 0), where(lambda i: i.low > 0)
+    if not behind and not ahead:
+        return " On the full budget, no rank's own rate was detectably better or worse than the one rate."
+    out = ""
+    if behind:
+        out += (
+            f" On the full budget, the own rate of {behind} was detectably behind the one rate: the choice "
+            "made on the short tuning budget did not carry over there."
+        )
+    if ahead:
+        out += f" On the full budget, the own rate of {ahead} was detectably ahead of the one rate."
+    return out
 
 
 @dataclass(frozen=True)
