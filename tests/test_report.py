@@ -367,7 +367,13 @@ def test_the_rank_advice_says_whether_retuning_paid_off_on_the_full_budget():
     text = advice(zero, high, low)
     assert "the own rate of r = 32 under α/r, α = 32 was detectably behind the one rate" in text
     assert "the own rate of r = 4 under α = 2r was detectably ahead of the one rate." in text
-    assert text.index("On the full budget") < text.index("Each rank at its own rate")
+    assert text.index("Each rank at its own rate") < text.index("On the full budget")
+    text = report.rank_advice({}, {"alpha = 2r": 4, "alpha / r, alpha = 32": 4}, {"alpha = 2r": {1: zero}})
+    assert (
+        "start from r = 4 under either rule; a smaller rank needs a comparison of its own. On the full"
+        in text
+    )
+    assert text.endswith("detectably better or worse than the one rate.")
     assert "detectably behind the one rate" not in advice(stats.Interval(-1, -2, 0), zero, zero)  # touches 0
 
 

@@ -510,18 +510,16 @@ def rank_advice(
         )
 
     ranks = "; ".join(capacity(rule) for rule in RANK_RULES)
-    paid = _retuned_advice(retuned or {})
-    text = f"When you change r, {rate}.{paid} Each rank at its own rate, in accuracy: {ranks}."
+    text = f"When you change r, {rate}. Each rank at its own rate, in accuracy: {ranks}."
     founds = [smallest[rule] for rule in RANK_RULES]
-    if None in founds:
-        return text
-    start = max(founds)
-    if start == min(RANKS):
-        return text + f" Under either rule, even r = {start} was not detectably behind r = {reference} here."
-    return text + (
-        f" So on a model like this one, start from r = {start} under either rule; a smaller rank needs a "
-        "comparison of its own."
-    )
+    if None not in founds and max(founds) == min(RANKS):
+        text += f" Under either rule, even r = {min(RANKS)} was not detectably behind r = {reference} here."
+    elif None not in founds:
+        text += (
+            f" So on a model like this one, start from r = {max(founds)} under either rule; a smaller rank "
+            "needs a comparison of its own."
+        )
+    return text + _retuned_advice(retuned or {})
 
 
 def _retuned_advice(retuned: dict[str, dict[int, stats.Interval]]) -> str:
