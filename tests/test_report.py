@@ -354,27 +354,34 @@ def test_the_rank_advice_says_what_each_rule_and_curve_showed():
 
 
 def test_the_rank_advice_says_whether_retuning_paid_off_on_the_full_budget():
-    def advice(*intervals):
-        retuned = {
-            "alpha = 2r": dict(zip((1, 4), intervals[:2])),
-            "alpha / r, alpha = 32": {32: intervals[2]},
-        }
-        return report.rank_advice({}, {"alpha = 2r": 1, "alpha / r, alpha = 32": None}, retuned)
+    rules = ("alpha = 2r", "alpha = 2r", "alpha / r, alpha = 32")
+
+    def advice(*diffs, shared=None):
+        retuned = [report.Retuned(rule, r, 3e-3, 1e-3, d) for rule, r, d in zip(rules, (1, 4, 32), diffs)]
+        both = {"alpha = 2r": [1e-3], "alpha / r, alpha = 32": [1e-3, 3e-3]}
+        return report.rank_advice(shared or both, {"alpha = 2r": 1, "alpha / r, alpha = 32": None}, retuned)
 
     zero, low, high = stats.Interval(0.1, -1, 1), stats.Interval(-6, -8, -4), stats.Interval(2, 0.5, 3.5)
     text = advice(zero, zero, zero)
-    assert "On the full budget, no rank's own rate was detectably better or worse than the one rate." in text
-    text = advice(zero, high, low)
-    assert "the own rate of r = 32 under α/r, α = 32 was detectably behind the one rate" in text
-    assert "the own rate of r = 4 under α = 2r was detectably ahead of the one rate." in text
+    assert text.endswith("no rank's own rate was detectably better or worse than the one rate, 1e-3.")
+    text = advice(zero, zero, low)
     assert text.index("Each rank at its own rate") < text.index("On the full budget")
-    text = report.rank_advice({}, {"alpha = 2r": 4, "alpha / r, alpha = 32": 4}, {"alpha = 2r": {1: zero}})
+    assert "r = 32 under α/r, α = 32 at its own rate, 3e-3, fell detectably behind the one rate, 1e-3" in text
+    assert text.endswith("keep 1e-3: on the full budget it was nowhere detectably behind a rank's own rate.")
+    assert "keep 1e-3" not in advice(
+        zero, zero, low, shared={"alpha = 2r": [3e-3], "alpha / r, alpha = 32": []}
+    )
+    text = advice(zero, high, low)
+    assert "r = 4 under α = 2r at its own rate, 3e-3, beat the one rate, 1e-3, detectably." in text
+    assert "keep 1e-3" not in text
+    assert "detectably behind the one rate" not in advice(stats.Interval(-1, -2, 0), zero, zero)  # touches 0
+    text = report.rank_advice(
+        {}, {"alpha = 2r": 4, "alpha / r, alpha = 32": 4}, [report.Retuned("alpha = 2r", 1, 3e-3, 1e-3, zero)]
+    )
     assert (
         "start from r = 4 under either rule; a smaller rank needs a comparison of its own. On the full"
         in text
     )
-    assert text.endswith("detectably better or worse than the one rate.")
-    assert "detectably behind the one rate" not in advice(stats.Interval(-1, -2, 0), zero, zero)  # touches 0
 
 
 @pytest.mark.parametrize(("suite", "seeds"), [("headline", 5), ("capacity", 3), ("rank", 3)])

@@ -472,17 +472,28 @@ def smallest_rank_not_behind(df: pd.DataFrame, curve: pd.DataFrame, reference: i
     return enough[0] if enough else None
 
 
+@dataclass(frozen=True)
+class Retuned:
+    """One rank of a rule's tuned curve whose own rate is not the one rate: its accuracy at its own rate
+    minus at the one rate, on the full budget, paired (:func:`stats.difference`)."""
+
+    rule: str
+    r: int
+    lr: float
+    one_lr: float
+    diff: stats.Interval
+
+
 def rank_advice(
     shared: dict[str, list[float]],
     smallest: dict[str, int | None],
-    retuned: dict[str, dict[int, stats.Interval]] | None = None,
+    retuned: list[Retuned] = (),
     reference: int = 16,
 ) -> str:
     """What to do when changing r, in words, for each rule of ``RANK_RULES``: ``shared``, the rates within
     every rank's flat region of the scaling sweep (:func:`rates_for_every_rank`); ``smallest``, the smallest
     rank of the rule's tuned curve not detectably behind ``reference`` (:func:`smallest_rank_not_behind`);
-    ``retuned``, per rule and rank whose own rate is not the one rate, its accuracy at its own rate minus
-    at the one rate on the full budget (:func:`stats.difference`)."""
+    ``retuned``, what each rank's own rate changed against the one rate on the full budget."""
     kept = {RULE_LABELS[rule]: shared.get(rule, []) for rule in RANK_RULES}
     which = "; ".join(f"{rule}: {' or '.join(map(lr_text, rates))}" for rule, rates in kept.items() if rates)
     if all(kept.values()):
@@ -519,34 +530,40 @@ def rank_advice(
             f" So on a model like this one, start from r = {max(founds)} under either rule; a smaller rank "
             "needs a comparison of its own."
         )
-    return text + _retuned_advice(retuned or {})
+    return text + _retuned_advice(list(retuned), shared)
 
 
-def _retuned_advice(retuned: dict[str, dict[int, stats.Interval]]) -> str:
-    """A sentence on whether the rates the short budget chose paid off on the full one, or ''."""
-    if not any(retuned.values()):
+def _retuned_advice(retuned: list[Retuned], shared: dict[str, list[float]]) -> str:
+    """Whether the rates the short budget chose paid off on the full one, in words, or ''; and, where the
+    one rate was never detectably behind and within every rank's flat region, that it is the one to keep."""
+    if not retuned:
         return ""
+    one = lr_text(retuned[0].one_lr)
 
-    def where(keep) -> str:
+    def own(items: list[Retuned]) -> str:
         return " and ".join(
-            f"r = {r} under {RULE_LABELS[rule]}"
-            for rule, d in retuned.items()
-            for r, i in d.items()
-            if keep(i)
+            f"r = {x.r} under {RULE_LABELS[x.rule]} at its own rate, {lr_text(x.lr)}," for x in items
         )
 
-    behind, ahead = where(lambda i: i.high < 0), where(lambda i: i.low > 0)
-    if not behind and not ahead:
-        return " On the full budget, no rank's own rate was detectably better or worse than the one rate."
-    out = ""
+    ahead = [x for x in retuned if x.diff.low > 0]
+    behind = [x for x in retuned if x.diff.high < 0]
+    if not ahead and not behind:
+        return (
+            f" On the full budget, no rank's own rate was detectably better or worse than the one rate, "
+            f"{one}."
+        )
+    text = f" On the full budget, {own(ahead)} beat the one rate, {one}, detectably." if ahead else ""
     if behind:
-        out += (
-            f" On the full budget, the own rate of {behind} was detectably behind the one rate: the choice "
+        text += (
+            f" On the full budget, {own(behind)} fell detectably behind the one rate, {one}: the choice "
             "made on the short tuning budget did not carry over there."
         )
-    if ahead:
-        out += f" On the full budget, the own rate of {ahead} was detectably ahead of the one rate."
-    return out
+    if not ahead and all(retuned[0].one_lr in shared.get(rule, []) for rule in RANK_RULES):
+        text += (
+            f" Of the rates the sweep could not tell apart, keep {one}: on the full budget it was nowhere "
+            "detectably behind a rank's own rate."
+        )
+    return text
 
 
 @dataclass(frozen=True)
