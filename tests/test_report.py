@@ -384,10 +384,13 @@ def test_the_rank_advice_says_whether_retuning_paid_off_on_the_full_budget():
     )
 
 
-@pytest.mark.parametrize(("suite", "seeds"), [("headline", 5), ("capacity", 3), ("rank", 3)])
+@pytest.mark.parametrize(
+    ("suite", "seeds"), [("headline", 5), ("capacity", 3), ("rank", 3), ("rank-one-rate", 3)]
+)
 def test_the_stored_headline_capacity_and_rank_runs_are_complete(suite, seeds):
-    """Every method of the study's headline, capacity and rank suites: its seeds, all at the same epochs,
-    each run with 872 predictions and probabilities and its validation curve after every epoch."""
+    """Every method of the study's headline, capacity and rank suites (at their own rates and at the one
+    rate): its seeds, all at the same epochs, each run with 872 predictions and probabilities and its
+    validation curve after every epoch."""
     df, profile = report.study_results([suite], "cpu")
     assert profile == "cpu"
     assert set(df["experiment"]) == set(report.suite_labels("cpu", [suite]).values())
