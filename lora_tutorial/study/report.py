@@ -475,7 +475,7 @@ def smallest_rank_not_behind(df: pd.DataFrame, curve: pd.DataFrame, reference: i
 @dataclass(frozen=True)
 class Retuned:
     """One rank of a rule's tuned curve whose own rate is not the one rate: its accuracy at its own rate
-    minus at the one rate, on the full budget, paired (:func:`stats.difference`)."""
+    minus at the one rate, on the full budget, paired (``stats.difference``)."""
 
     rule: str
     r: int
