@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -487,7 +488,7 @@ class Retuned:
 def rank_advice(
     shared: dict[str, list[float]],
     smallest: dict[str, int | None],
-    retuned: list[Retuned] = (),
+    retuned: Sequence[Retuned] = (),
     reference: int = 16,
 ) -> str:
     """What to do when changing r, in words, for each rule of ``RANK_RULES``: ``shared``, the rates within
