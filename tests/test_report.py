@@ -86,6 +86,24 @@ def test_selection_runs_are_the_stored_runs_the_suites_do_not_use(learnable, tmp
     assert len(selection_runs("cpu", tmp_path)) == 0
 
 
+def test_a_run_made_twice_says_how_many_predictions_changed(learnable, tmp_path, monkeypatch):
+    monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs={"full": 1}))
+    for _ in range(3):  # made three times: two superseded copies
+        runner.run_suite(PROFILES["smoke"], ["full"], [0], tmp_path, learnable, force=True, progress=False)
+    assert report.repeats("smoke", tmp_path)["predictions changed"].tolist() == [0, 0]  # same seed, same CPU
+    store = ResultStore("smoke", tmp_path)
+    first, second = sorted(p for p, _ in store.records(superseded=True) if "superseded" in p.parts)
+    old = store.load(first)
+    old.predictions = "".join({"0": "1", "1": "0"}[c] if i < 3 else c for i, c in enumerate(old.predictions))
+    store.update(first, old)
+    other = store.load(second)
+    other.config["hyperparameters"]["lr"] *= 2  # not the same run: not a repeat
+    store.update(second, other)
+    [row] = report.repeats("smoke", tmp_path).to_dict("records")
+    assert (row["name"], row["seed"], row["predictions changed"]) == ("full-e1-n2048@1e-3", 0, 3)
+    assert row["first (%)"] == 100 * old.accuracy
+
+
 def test_times_of_runs_that_shared_the_cpu_are_left_out(learnable, tmp_path, monkeypatch):
     monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs={"full": 1}))
     runner.run_suite(PROFILES["smoke"], ["full"], [0, 1], tmp_path, learnable, progress=False)

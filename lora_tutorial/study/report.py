@@ -218,6 +218,35 @@ def selection_runs(profile: str = "cpu", results: str | Path | None = None) -> p
     return runs[~runs["used"]].reset_index(drop=True) if len(runs) else runs
 
 
+def repeats(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
+    """Every run made twice with the same hyper-parameters and seed, both times with its validation
+    predictions: a row per current record and each of its superseded copies, with both accuracies (%), how
+    many predictions changed and each run's thread count (the order of float sums depends on it)."""
+    store = ResultStore(profile, results)
+    current = {(r.experiment, r.seed): r for _, r in store.records()}
+    rows = []
+    for path, old in store.records(superseded=True):
+        new = current.get((old.experiment, old.seed))
+        if "superseded" not in path.relative_to(store.folder).parts or new is None:
+            continue
+        if not (old.predictions and new.predictions) or old.validation_labels != new.validation_labels:
+            continue
+        if old.config["hyperparameters"] != new.config["hyperparameters"]:
+            continue
+        rows.append(
+            {
+                "name": new.experiment,
+                "seed": new.seed,
+                "first (%)": 100 * old.accuracy,
+                "second (%)": 100 * new.accuracy,
+                "predictions changed": sum(a != b for a, b in zip(old.predictions, new.predictions)),
+                "threads": ", ".join(str(r.provenance.machine.get("torch_threads")) for r in (old, new)),
+            }
+        )
+    columns = ["name", "seed", "first (%)", "second (%)", "predictions changed", "threads"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["name", "seed"], ignore_index=True)
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per experiment: accuracy mean, std and 95 % interval over seeds (``low``, ``high``: seeds and
     sentences resampled; empty while a run lacks its predictions), parameters, and the median time and
