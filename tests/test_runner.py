@@ -124,7 +124,7 @@ def test_same_seed_same_metrics(learnable, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill(learnable, tmp_path, monkeypatch):
+def test_resume_after_a_kill(learnable, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs={"head": 1, "lora": 1}))
     real_train, calls = runner.train, []
 
@@ -153,9 +153,11 @@ def test_resume_after_a_kill(learnable, tmp_path, monkeypatch):
         first.name,
         "lora-r1-qv-e1-n2048@1e-2__seed0.json",
     ]
+    capsys.readouterr()
     runner.run_suite(
         PROFILES["smoke"], ["head", "lora-r1"], [0], tmp_path, learnable, force=True, progress=False
     )
+    assert capsys.readouterr().err.count("running it again, as --force asks") == 2
     superseded = folder / "superseded"  # re-runs keep what the earlier runs computed
     assert len(list(superseded.glob(f"*/{first.name}"))) == 1
     assert (

@@ -159,6 +159,7 @@ def result_rows(profile_name: str, results: str | Path | None = None, superseded
                 "predictions": r.predictions,
                 "validation_labels": r.validation_labels,
                 "probabilities": r.probabilities,
+                "recomputed": r.provenance.predictions_recomputed is not None,  # added later from its adapter
                 "adapter": str((path.parent / r.adapter).resolve()) if r.adapter else None,
                 "file": str(path),
             }
@@ -220,8 +221,9 @@ def selection_runs(profile: str = "cpu", results: str | Path | None = None) -> p
 
 def repeats(profile: str = "cpu", results: str | Path | None = None) -> pd.DataFrame:
     """Every run made twice with the same hyper-parameters and seed, both times with its validation
-    predictions: a row per current record and each of its superseded copies, with both accuracies (%), how
-    many predictions changed and each run's thread count (the order of float sums depends on it)."""
+    predictions: a row per current record and each of its superseded copies, with its settings, both
+    accuracies (%), how many predictions changed and each run's thread count (the order of float sums
+    depends on it)."""
     store = ResultStore(profile, results)
     current = {(r.experiment, r.seed): r for _, r in store.records()}
     rows = []
@@ -236,6 +238,9 @@ def repeats(profile: str = "cpu", results: str | Path | None = None) -> pd.DataF
         rows.append(
             {
                 "name": new.experiment,
+                "lr": new.config["hyperparameters"]["lr"],
+                "epochs": new.config["hyperparameters"]["epochs"],
+                "train examples": new.config["train_examples"],
                 "seed": new.seed,
                 "first (%)": 100 * old.accuracy,
                 "second (%)": 100 * new.accuracy,
@@ -243,7 +248,8 @@ def repeats(profile: str = "cpu", results: str | Path | None = None) -> pd.DataF
                 "threads": ", ".join(str(r.provenance.machine.get("torch_threads")) for r in (old, new)),
             }
         )
-    columns = ["name", "seed", "first (%)", "second (%)", "predictions changed", "threads"]
+    columns = ["name", "lr", "epochs", "train examples", "seed", "first (%)", "second (%)"]
+    columns += ["predictions changed", "threads"]
     return pd.DataFrame(rows, columns=columns).sort_values(["name", "seed"], ignore_index=True)
 
 

@@ -205,13 +205,18 @@ def run_suite(
                 if not held:
                     busy.append(s)
                     continue
-                if store.find(s, used[s.experiment.train_examples]) and not (force and not again):
+                stored = store.find(s, used[s.experiment.train_examples])
+                if stored and not (force and not again):
                     continue  # another process finished it meanwhile
                 if store.path(s).exists():
+                    why = (
+                        "as --force asks"
+                        if stored
+                        else "its record lacks predictions or was made on other data or settings"
+                    )
                     print(
-                        f"{s.experiment.name} seed {s.seed} is stored without predictions, for other data or "
-                        f"with other {profile.name} settings; running it again (the earlier record moves to "
-                        f"{store.folder / 'superseded'}).",
+                        f"{s.experiment.name} seed {s.seed}: running it again, {why}; the earlier record "
+                        f"moves to {store.folder / 'superseded'}.",
                         file=sys.stderr,
                     )
                 if isolate:
