@@ -94,14 +94,16 @@ def test_runs_made_in_their_own_processes_come_back_as_json(learnable, tmp_path)
 
 def test_the_studys_runs_list_as_json_with_their_predictions(capsys):
     """Every stored cpu record, older formats included, lists as JSON; every current run (a suite's, or
-    one that chose a setting) carries its 872 validation predictions, so any two can be paired."""
+    one that chose a setting) carries its 872 validation predictions and probabilities, so any two can be
+    paired in either metric, and every LoRA run states its scaling rule and α."""
     status, out, err = typed(capsys, "results", "--profile", "cpu", "--json")
     assert status == 0, err
     runs = json.loads(out)
     assert {"full", "lora"} <= {r["method"] for r in runs}
     missing = [(r["experiment"], r["seed"]) for r in runs if r["current"] and r["predictions"] != 872]
     assert not missing, f"stored without predictions: {missing}"
+    missing = [(r["experiment"], r["seed"]) for r in runs if r["current"] and r["probabilities"] != 872]
+    assert not missing, f"stored without probabilities: {missing}"
     lora = [r for r in runs if r["current"] and r["method"] == "lora"]
-    assert all(r["probabilities"] == 872 for r in lora), "a LoRA run lacks its probabilities: run predict"
     assert all(r["scaling_rule"] and r["alpha"] for r in lora)
     assert all(r["epochs_evaluated"] in (0, r["epochs"]) for r in runs)  # 0: made before curves were stored
