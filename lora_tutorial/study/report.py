@@ -250,7 +250,9 @@ def repeats(profile: str = "cpu", results: str | Path | None = None) -> pd.DataF
         )
     columns = ["name", "lr", "epochs", "train examples", "seed", "first (%)", "second (%)"]
     columns += ["predictions changed", "threads"]
-    return pd.DataFrame(rows, columns=columns).sort_values(["name", "seed"], ignore_index=True)
+    table = pd.DataFrame(rows, columns=columns)
+    table["kind"] = table["name"].str.split("@").str[0]  # the name without its rate: a kind's rates in order
+    return table.sort_values(["kind", "lr", "seed"]).drop(columns="kind").reset_index(drop=True)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
