@@ -411,6 +411,7 @@ def test_each_run_stores_its_predictions_in_dataset_order(learnable, tmp_path):
 def test_predictions_are_recomputed_from_a_stored_adapter(learnable, tmp_path):
     [record] = runner.run_suite(PROFILES["smoke"], ["lora-r2"], [0], tmp_path, learnable, progress=False)
     path = tmp_path / "smoke" / f"{record.experiment}__seed0.json"
+    assert load_results(tmp_path, "smoke")["recomputed"].tolist() == [False]  # stored as it trained
     blank = replace(record, predictions=None, validation_labels=None, probabilities=None)
     path.write_text(json.dumps(blank.to_json()))
     store, smoke = ResultStore("smoke", tmp_path), PROFILES["smoke"]
@@ -421,6 +422,7 @@ def test_predictions_are_recomputed_from_a_stored_adapter(learnable, tmp_path):
     assert again.probabilities == pytest.approx(record.probabilities, abs=1e-6)
     assert again.provenance.predictions_recomputed["from"] == record.adapter
     assert again.provenance.predictions_recomputed["added"] == ["predictions", "probabilities"]
+    assert load_results(tmp_path, "smoke")["recomputed"].tolist() == [True]  # the tables can tell
     assert runner.recompute_predictions(PROFILES["smoke"], tmp_path, learnable) == []  # nothing left to do
     # a record with predictions but no probabilities (stored before they were) gets them, checked against
     # its own predictions; one whose stored predictions the adapter does not reproduce is left alone

@@ -225,11 +225,12 @@ def repeats(profile: str = "cpu", results: str | Path | None = None) -> pd.DataF
     accuracies (%), how many predictions changed and each run's thread count (the order of float sums
     depends on it)."""
     store = ResultStore(profile, results)
-    current = {(r.experiment, r.seed): r for _, r in store.records()}
+    runs = store.records(superseded=True)  # the current ones lie in the folder, the superseded below it
+    current = {(r.experiment, r.seed): r for path, r in runs if path.parent == store.folder}
     rows = []
-    for path, old in store.records(superseded=True):
+    for path, old in runs:
         new = current.get((old.experiment, old.seed))
-        if "superseded" not in path.relative_to(store.folder).parts or new is None:
+        if path.parent == store.folder or new is None:
             continue
         if not (old.predictions and new.predictions) or old.validation_labels != new.validation_labels:
             continue
